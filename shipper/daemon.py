@@ -1,0 +1,437 @@
+"""The main loop: tail -> parse -> batch -> sink -> checkpoint, with signals and retries around it.
+
+One thread does the work, so the order of operations is easy to reason about for exactly-once:
+offsets only move forward in the tailer's memory when lines are handed out, and in the database only
+inside the transaction that stores those lines. Signal handlers only set flags; the loop acts on them
+at safe points (patroni's habit). Other threads (inotify, the HTTP endpoint) only wake the loop or read
+its gauges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+import tenacity
+
+from . import checkpoints, sdnotify
+from .buffer import Batch
+from .config import Config
+from .errors import ConfigError, SchemaError, SpoolError
+from .metrics import Metrics
+from .parse import LINE_TOO_LONG, REJECTED_BY_DATABASE, DeadLetter, Parser
+from .sink.retry import Action, backoff, classify, sqlstate_class
+from .sink.timescale import Sink
+from .spool.tail import Tailer
+from .spool.watch import SpoolWatcher
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRYABLE = (psycopg.Error, OSError, SchemaError)
+STATE_SAVE_INTERVAL = 2.0
+STATUS_INTERVAL = 5.0
+
+
+class Stopped(Exception):
+    """Shutdown was requested while waiting to retry: leave the batch to the next start."""
+
+
+class Daemon:
+    """The shipper process. ``run()`` returns the exit code.
+
+    :param reload: builds a fresh Config for SIGHUP (raises ConfigError when the new one is bad).
+    :param exit_when_caught_up: stop once every file is shipped (the demo and tests use it).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reload: Callable[[], Config] | None = None,
+        exit_when_caught_up: bool = False,
+        shutdown_timeout: float = 20.0,
+    ) -> None:
+        self.config = config
+        self.reload = reload
+        self.exit_when_caught_up = exit_when_caught_up
+        self.shutdown_timeout = shutdown_timeout
+        self.metrics = Metrics()
+        self.metrics.buffer_max_events.set(config.buffer.max_events)
+        self.metrics.buffer_max_bytes.set(config.buffer.max_bytes)
+        self.parser = Parser()
+        self.wake = threading.Event()
+        self.stop_event = threading.Event()
+        self.stop_deadline: float | None = None
+        self.reload_requested = False
+        self.sink = Sink(config.conninfo(), config.source_id, config.database.statement_timeout,
+                         config.redacted_dsn())
+        self.tailer: Tailer | None = None
+        self.watcher = SpoolWatcher(config.spool.dir, self.wake)
+        self.batch = Batch()
+        self.stream_failed = False
+        self.last_tick = time.monotonic()
+        self.last_commit: float | None = None
+        self.last_error: str | None = None
+        self.shipped = 0
+        self._next_state_save = 0.0
+        self._next_status = 0.0
+        interval = sdnotify.watchdog_interval()
+        self._watchdog_every = interval / 2 if interval else None
+        self._next_watchdog = 0.0
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def _on_stop(self, signum: int, _frame: Any) -> None:
+        if not self.stop_event.is_set():
+            self.stop_deadline = time.monotonic() + self.shutdown_timeout
+            self.stop_event.set()
+        self.wake.set()
+
+    def _on_hup(self, _signum: int, _frame: Any) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    # -- run --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        cfg = self.config
+        tailer = Tailer(cfg.spool.dir, cfg.spool.pattern, cfg.spool.max_line_bytes,
+                        cfg.spool.read_bytes, {}, cfg.spool.max_open_files)
+        tailer.check_directory()
+        problem = checkpoints.check_state_dir(cfg.state.dir)
+        if problem:
+            raise SpoolError(problem)
+        sdnotify.ready()
+        log.info("shipping %s (%s) to %s as source_id=%s", cfg.spool.dir, ", ".join(cfg.spool.pattern),
+                 cfg.redacted_dsn(), cfg.source_id)
+        self.watcher.start()
+        try:
+            try:
+                committed = self._retrying("read checkpoints", self.sink.load_checkpoints)
+            except Stopped:
+                return 0
+            self.metrics.database_up.set(1)
+            log.info("%d file offsets read from the database", len(committed))
+            self.tailer = Tailer(cfg.spool.dir, cfg.spool.pattern, cfg.spool.max_line_bytes,
+                                 cfg.spool.read_bytes, committed, cfg.spool.max_open_files)
+            self._loop(self.tailer)
+            if self.batch:
+                try:
+                    self._flush()
+                except Stopped:
+                    log.warning("stopped before the last batch (%d events) could be committed: it "
+                                "stays in the spool and ships at the next start", self.batch.events)
+        finally:
+            sdnotify.stopping()
+            self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        for what, step in (("watcher", self.watcher.stop), ("database", self.sink.close),
+                           ("state file", self._save_state), ("files", self._close_files)):
+            try:
+                step()
+            except Exception:
+                log.exception("error while closing the %s", what)
+
+    def _close_files(self) -> None:
+        if self.tailer is not None:
+            self.tailer.close_all()
+
+    def _loop(self, tailer: Tailer) -> None:
+        spool = self.config.spool
+        now = time.monotonic()
+        next_rescan = now
+        next_poll = now + spool.poll_interval
+        while not self.stopping:
+            self._tick()
+            now = time.monotonic()
+            woke = self.wake.is_set()
+            self.wake.clear()
+            if self.watcher.changed.is_set() or now >= next_rescan:
+                self.watcher.changed.clear()
+                tailer.rescan()
+                next_rescan = now + self.config.spool.rescan_interval
+                next_poll = now + self.config.spool.poll_interval
+            elif woke or now >= next_poll:
+                tailer.poll()
+                next_poll = now + self.config.spool.poll_interval
+            self._fill(tailer)
+            if self.batch and self._flush_due(tailer):
+                try:
+                    self._flush()
+                except Stopped:
+                    return
+                continue
+            if tailer.has_unread() and not self._full():
+                continue
+            if self.exit_when_caught_up and not self.batch and not tailer.has_unread():
+                log.info("caught up: every complete line is shipped")
+                return
+            deadline = min(next_poll, next_rescan)
+            if self.batch:
+                deadline = min(deadline, self.batch.started + self.config.buffer.flush_interval)
+            if self._watchdog_every:
+                deadline = min(deadline, self._next_watchdog)
+            self.wake.wait(max(0.0, deadline - time.monotonic()))
+
+    def _full(self) -> bool:
+        buf = self.config.buffer
+        return (self.batch.events >= min(buf.batch_size, buf.max_events)
+                or self.batch.nbytes >= buf.max_bytes)
+
+    def _flush_due(self, tailer: Tailer) -> bool:
+        if self._full() or self.stopping:
+            return True
+        if time.monotonic() - self.batch.started >= self.config.buffer.flush_interval:
+            return True
+        return self.exit_when_caught_up and not tailer.has_unread()
+
+    # -- tail -> parse -> batch (-> COPY) -------------------------------------------------------
+
+    def _fill(self, tailer: Tailer) -> None:
+        flush_interval = self.config.buffer.flush_interval
+        max_line = self.config.spool.max_line_bytes
+        metrics = self.metrics
+        while not self._full():
+            chunk = tailer.read()
+            if chunk is None:
+                return
+            split = chunk.split
+            if split.end == split.start:
+                continue
+            parsed = self.parser.parse(split.lines, split.offsets)
+            for over in split.oversized:
+                parsed.dead.append(DeadLetter(
+                    over.offset, LINE_TOO_LONG,
+                    f"{over.length} bytes, over spool.max_line_bytes={max_line}; raw holds the first "
+                    f"{len(over.sample)} bytes", over.sample, over.length))
+            nbytes = split.end - split.start
+            self.batch.add(chunk.key, chunk.path, split.end, parsed, nbytes)
+            metrics.events_read.inc(len(parsed.rows))
+            metrics.bytes_read.inc(nbytes)
+            if parsed.rows and not self.stream_failed:
+                try:
+                    self.sink.stream(parsed.rows)
+                except RETRYABLE as exc:
+                    self._stream_failure(exc)
+            if time.monotonic() - self.batch.started >= flush_interval:
+                return
+
+    def _stream_failure(self, exc: BaseException) -> None:
+        """The fast path failed: roll back, and let the flush replay the batch carefully."""
+        self._record_failure(exc, "streaming a batch")
+        self.stream_failed = True
+        self.sink.abandon()
+
+    # -- batch -> sink -> checkpoint -------------------------------------------------------------
+
+    def _flush(self) -> None:
+        batch = self.batch
+        started = time.monotonic()
+        rejected: list[int] = []
+        committed = False
+        if not self.stream_failed:
+            try:
+                self.sink.commit(batch)
+                committed = True
+            except RETRYABLE as exc:
+                self._stream_failure(exc)
+        if not committed:
+            rejected = self._retrying("ship a batch", lambda: self._replay(batch))
+        self._after_commit(batch, rejected, time.monotonic() - started)
+        self.batch = Batch()
+        self.stream_failed = False
+
+    def _replay(self, batch: Batch) -> list[int]:
+        if self.sink.already_committed(batch):
+            log.info("the last batch was committed before the connection was lost: not repeating it")
+            return []
+        rejected = self.sink.replay(batch)
+        for i in rejected:
+            log.warning("row from %s at offset %d rejected by the database: dead-lettered",
+                        batch.sources[batch.row_sources[i]].path, batch.offsets[i])
+        return rejected
+
+    def _after_commit(self, batch: Batch, rejected: list[int], duration: float) -> None:
+        assert self.tailer is not None
+        self.tailer.mark_committed(batch.checkpoints())
+        m = self.metrics
+        shipped = batch.events - len(rejected)
+        self.shipped += shipped
+        m.events_shipped.inc(shipped)
+        m.batch_size.observe(batch.events)
+        m.flush_duration.observe(duration)
+        m.blank_lines.inc(batch.blank)
+        for _, dead in batch.dead:
+            m.dead_letters.labels(dead.reason).inc()
+        if rejected:
+            m.dead_letters.labels(REJECTED_BY_DATABASE).inc(len(rejected))
+        for name, count in batch.nulled.items():
+            m.fields_nulled.labels(name).inc(count)
+        m.database_up.set(1)
+        m.last_commit.set(time.time())
+        self.last_commit = time.monotonic()
+        self.last_error = None
+        if batch.dead or rejected:
+            log.warning("%d lines dead-lettered (see shipper_dead_letter)", len(batch.dead) + len(rejected))
+        self.tailer.close_finished(time.monotonic(), idle=1.0)
+        if time.monotonic() >= self._next_state_save:
+            self._save_state()
+
+    # -- retries -----------------------------------------------------------------------------
+
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` until it succeeds: transient errors back off exponentially, others slowly.
+
+        Raises Stopped when shutdown was requested and its grace period ran out.
+        """
+        retry = self.config.retry
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if exc is not None and classify(exc) is Action.TRANSIENT and not isinstance(exc, SchemaError):
+                return backoff(state.attempt_number, retry.initial, retry.max)
+            return retry.other_errors
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            if exc is not None:
+                self._record_failure(exc, what)
+            self.metrics.retries.inc()
+            self.sink.close()
+
+        def stop(_state: tenacity.RetryCallState) -> bool:
+            return self.stopping and time.monotonic() >= (self.stop_deadline or 0)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(RETRYABLE),
+            wait=wait, stop=stop, sleep=self._sleep, before_sleep=before_sleep, reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    result = fn()
+        except RETRYABLE as exc:
+            self._record_failure(exc, what)
+            raise Stopped() from exc
+        return result
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait for a retry while keeping the loop alive: watchdog, gauges, reload, stop."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self.stopping:
+                time.sleep(min(remaining, 0.2, max(0.0, (self.stop_deadline or 0) - time.monotonic())))
+            else:
+                self.stop_event.wait(min(remaining, 1.0))
+            self._tick()
+            if self.stopping and time.monotonic() >= (self.stop_deadline or 0):
+                return
+
+    def _record_failure(self, exc: BaseException, what: str) -> None:
+        action = classify(exc)
+        cls = sqlstate_class(exc)
+        self.metrics.failure(cls)
+        self.metrics.database_up.set(0)
+        message = _describe(exc)
+        self.last_error = message
+        level = logging.WARNING if action is Action.TRANSIENT else logging.ERROR
+        log.log(level, "%s failed (%s, SQLSTATE class %s): %s", what, action.value, cls, message)
+
+    # -- housekeeping of the loop -------------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self.last_tick = now
+        if self._watchdog_every and now >= self._next_watchdog:
+            sdnotify.watchdog()
+            self._next_watchdog = now + self._watchdog_every
+        if self.reload_requested:
+            self.reload_requested = False
+            self._reload()
+        self._update_gauges()
+        if now >= self._next_status:
+            self._next_status = now + STATUS_INTERVAL
+            sdnotify.status(self.status_line())
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        m.buffer_events.set(self.batch.events)
+        m.buffer_bytes.set(self.batch.nbytes)
+        oldest = self.batch.oldest
+        m.lag_seconds.set(max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+        if self.tailer is not None:
+            m.lag_bytes.set(self.tailer.lag_bytes())
+            m.files_tracked.set(len(self.tailer.files))
+            m.files_open.set(len(self.tailer.files))
+
+    def status_line(self) -> str:
+        lag = self.tailer.lag_bytes() if self.tailer is not None else 0
+        text = f"shipped {self.shipped} events, {lag} bytes behind"
+        if self.last_error:
+            text += f"; failing: {self.last_error[:120]}"
+        return text
+
+    def _save_state(self) -> None:
+        if self.tailer is None:
+            return
+        self._next_state_save = time.monotonic() + STATE_SAVE_INTERVAL
+        try:
+            checkpoints.save(self.config.state.dir, self.config.source_id, self.tailer.statuses(),
+                             {"shipped": self.shipped, "last_error": self.last_error})
+        except OSError as exc:
+            log.warning("cannot write the state file in %s: %s", self.config.state.dir, exc.strerror)
+
+    def _reload(self) -> None:
+        if self.reload is None:
+            return
+        sdnotify.reloading()
+        try:
+            new = self.reload()
+        except ConfigError as exc:
+            log.error("SIGHUP: the new configuration is refused, the old one stays: %s", exc)
+            sdnotify.ready()
+            return
+        old = self.config
+        fixed = {"source_id": (old.source_id, new.source_id), "database": (old.database, new.database),
+                 "state": (old.state, new.state), "metrics": (old.metrics, new.metrics),
+                 "spool.dir": (old.spool.dir, new.spool.dir),
+                 "spool.pattern": (old.spool.pattern, new.spool.pattern),
+                 "spool.max_line_bytes": (old.spool.max_line_bytes, new.spool.max_line_bytes)}
+        needs_restart = [name for name, (was, now) in fixed.items() if was != now]
+        if needs_restart:
+            log.warning("SIGHUP: %s changed: kept as before until a restart", ", ".join(needs_restart))
+        spool = dataclasses.replace(new.spool, dir=old.spool.dir, pattern=old.spool.pattern,
+                                    max_line_bytes=old.spool.max_line_bytes)
+        new = dataclasses.replace(new, source_id=old.source_id, database=old.database, state=old.state,
+                                  metrics=old.metrics, spool=spool)
+        self.config = new
+        self.metrics.buffer_max_events.set(new.buffer.max_events)
+        self.metrics.buffer_max_bytes.set(new.buffer.max_bytes)
+        logging.getLogger().setLevel(new.log.level.upper())
+        log.info("SIGHUP: configuration reloaded from %s", new.origin)
+        sdnotify.ready()
+
+
+def _describe(exc: BaseException) -> str:
+    """One line about an error; psycopg's messages name host and port, never the password."""
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        text = exc.diag.message_primary
+    else:
+        text = str(exc).strip().replace("\n", " ")
+    return text[:500]

@@ -1,0 +1,1 @@
+"""The database side: schema, delivery of batches, and how failures are classified."""

@@ -1,0 +1,1 @@
+"""The spool side: finding files, knowing them across renames, and reading complete lines."""

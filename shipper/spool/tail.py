@@ -1,0 +1,338 @@
+"""Follow the spool files: find them, know each one whatever its name, read complete lines from the
+offset where shipping stopped.
+
+Offsets belong to file keys (the fingerprint of the first line, see identity.py), not to names or
+inodes. That one rule covers the rotation cases: a renamed file keeps its key and so its offset; a
+copytruncate copy has the key of the original and continues from its offset; a truncated file or a
+reused inode has a new first line, a new key, and is read from 0. While a file is open it is followed
+by (device, inode), so a rename never makes it look new.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..errors import SpoolError
+from .identity import fingerprint
+from .lines import LineSplitter, Split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class TrackedFile:
+    """One open spool file, known by (device, inode) while open and by ``key`` once fingerprinted."""
+
+    dev: int
+    ino: int
+    path: str
+    fd: int
+    size: int = 0
+    key: str | None = None
+    splitter: LineSplitter | None = None
+    read_pos: int = 0
+    in_dir: bool = True
+    last_change: float = field(default_factory=time.monotonic)
+
+    @property
+    def consumed(self) -> int:
+        """Offset past the last complete line handed out (committed or in the batch in flight)."""
+        return self.splitter.consumed if self.splitter is not None else 0
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Lines read from one file in one read: what the batch carries from tail to sink."""
+
+    file: TrackedFile
+    key: str
+    path: str
+    split: Split
+
+
+@dataclass(frozen=True, slots=True)
+class FileStatus:
+    """What ``status`` and the lag metrics show of a file."""
+
+    path: str
+    key: str | None
+    size: int
+    committed: int
+    open: bool
+
+
+class Tailer:
+    """Owns the spool's file descriptors and every file's read position.
+
+    :param committed: key -> committed offset, as read from shipper_checkpoints at start-up.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        patterns: Iterable[str],
+        max_line_bytes: int,
+        read_bytes: int,
+        committed: dict[str, int],
+        max_open_files: int = 256,
+    ) -> None:
+        self.directory = directory
+        self.patterns = tuple(patterns)
+        self.max_line_bytes = max_line_bytes
+        self.read_bytes = read_bytes
+        self.max_open_files = max_open_files
+        self.committed = dict(committed)
+        # Highest offset handed out per key, committed or in flight: where any file with that key
+        # must continue, so that a copy taking over from its original never repeats a line.
+        self.positions = dict(committed)
+        self.files: dict[tuple[int, int], TrackedFile] = {}
+        self.owners: dict[str, TrackedFile] = {}
+        # Files closed because they were fully read: (dev, ino) -> (size, mtime_ns) when closed.
+        self.dormant: dict[tuple[int, int], tuple[int, int]] = {}
+        self._cursor = 0
+
+    def check_directory(self) -> None:
+        """Raise SpoolError with the reason when the spool directory cannot be listed."""
+        try:
+            os.listdir(self.directory)
+        except FileNotFoundError:
+            raise SpoolError(f"spool directory {self.directory} does not exist") from None
+        except PermissionError:
+            raise SpoolError(
+                f"cannot read spool directory {self.directory}: permission denied for user "
+                f"{_user_name()}"
+            ) from None
+        except NotADirectoryError:
+            raise SpoolError(f"spool path {self.directory} is not a directory") from None
+
+    def matches(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+
+    def rescan(self) -> None:
+        """List the directory, start following new files, notice renames, truncations and deletions."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError as exc:
+            log.error("cannot list spool directory %s: %s", self.directory, exc.strerror)
+            return
+        seen: set[tuple[int, int]] = set()
+        candidates: list[tuple[float, str, os.stat_result]] = []
+        for name in names:
+            if not self.matches(name):
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # gone between listdir and stat: the next rescan sees the truth
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            ident = (st.st_dev, st.st_ino)
+            seen.add(ident)
+            tracked = self.files.get(ident)
+            if tracked is not None:
+                if tracked.path != path:
+                    log.info("file renamed: %s -> %s", tracked.path, path)
+                    tracked.path = path
+                tracked.in_dir = True
+                continue
+            dormant = self.dormant.get(ident)
+            if dormant is not None and dormant == (st.st_size, st.st_mtime_ns):
+                continue
+            candidates.append((st.st_mtime, path, st))
+        for tracked in self.files.values():
+            if (tracked.dev, tracked.ino) not in seen:
+                tracked.in_dir = False
+        for ident in list(self.dormant):
+            if ident not in seen:
+                del self.dormant[ident]
+        # Oldest first: with more files than descriptors allowed, the backlog drains in time order.
+        for _, path, st in sorted(candidates, key=lambda c: c[0]):
+            if len(self.files) >= self.max_open_files:
+                self._close_idle(keep=len(self.files) - self.max_open_files + 1)
+                if len(self.files) >= self.max_open_files:
+                    log.warning("%d spool files open (spool.max_open_files): the rest wait",
+                                len(self.files))
+                    break
+            self._open(path, st)
+        for tracked in list(self.files.values()):
+            self._refresh(tracked)
+
+    def _open(self, path: str, st: os.stat_result) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except PermissionError:
+            log.error("cannot read spool file %s: permission denied for user %s", path, _user_name())
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                log.error("cannot open %s: too many open files (lower spool.max_open_files)", path)
+                return
+            raise
+        real = os.fstat(fd)
+        ident = (real.st_dev, real.st_ino)
+        if ident in self.files:  # raced with a rename; already followed
+            os.close(fd)
+            return
+        self.dormant.pop(ident, None)
+        tracked = TrackedFile(dev=real.st_dev, ino=real.st_ino, path=path, fd=fd, size=real.st_size)
+        self.files[ident] = tracked
+        log.debug("following %s (inode %d, %d bytes)", path, real.st_ino, real.st_size)
+        self._identify(tracked)
+
+    def _identify(self, tracked: TrackedFile) -> None:
+        """Give a file its key and start offset once its first line is complete."""
+        key = fingerprint(tracked.fd, tracked.size)
+        if key is None:
+            return
+        owner = self.owners.get(key)
+        if owner is not None and owner is not tracked:
+            return  # another open file (copytruncate's original) reads this content
+        self.owners[key] = tracked
+        tracked.key = key
+        start = self.positions.get(key, 0)
+        self.positions.setdefault(key, 0)
+        self.committed.setdefault(key, 0)
+        tracked.splitter = LineSplitter(start, self.max_line_bytes)
+        tracked.read_pos = start
+        if start:
+            log.info("%s: continuing from offset %d", tracked.path, start)
+
+    def _release(self, tracked: TrackedFile) -> None:
+        if tracked.key is not None and self.owners.get(tracked.key) is tracked:
+            del self.owners[tracked.key]
+        tracked.key = None
+        tracked.splitter = None
+        tracked.read_pos = 0
+
+    def _refresh(self, tracked: TrackedFile) -> None:
+        """Take the file's current size; handle a truncation, and a first line that arrived."""
+        try:
+            st = os.fstat(tracked.fd)
+        except OSError:
+            return
+        if st.st_size < tracked.size:
+            log.warning("%s was truncated (%d -> %d bytes): reading it again from 0",
+                        tracked.path, tracked.size, st.st_size)
+            self._release(tracked)
+        if st.st_size != tracked.size:
+            tracked.last_change = time.monotonic()
+        tracked.size = st.st_size
+        if tracked.key is None:
+            self._identify(tracked)
+
+    def poll(self) -> None:
+        """Cheap check of the open files (fstat only), between full rescans."""
+        for tracked in list(self.files.values()):
+            self._refresh(tracked)
+
+    def read(self) -> Chunk | None:
+        """One read from the next file with unread bytes (round robin); None when all are read."""
+        files = list(self.files.values())
+        for i in range(len(files)):
+            tracked = files[(self._cursor + i) % len(files)]
+            if tracked.key is None or tracked.splitter is None:
+                continue
+            if tracked.read_pos >= tracked.size:
+                continue
+            self._cursor = (self._cursor + i + 1) % len(files)
+            try:
+                data = os.pread(tracked.fd, self.read_bytes, tracked.read_pos)
+            except OSError as exc:
+                log.error("cannot read %s: %s", tracked.path, exc.strerror)
+                continue
+            if not data:  # shrank since the last fstat: the next refresh handles it
+                continue
+            tracked.read_pos += len(data)
+            split = tracked.splitter.feed(data)
+            if split.end > split.start:
+                self.positions[tracked.key] = split.end
+            return Chunk(file=tracked, key=tracked.key, path=tracked.path, split=split)
+        return None
+
+    def has_unread(self) -> bool:
+        return any(f.key is not None and f.read_pos < f.size for f in self.files.values())
+
+    def mark_committed(self, offsets: dict[str, int]) -> None:
+        """Record offsets the database now holds; close files that are done and gone."""
+        for key, offset in offsets.items():
+            if offset > self.committed.get(key, 0):
+                self.committed[key] = offset
+
+    def close_finished(self, now: float, idle: float) -> list[TrackedFile]:
+        """Close files no longer in the directory whose content is committed; return them."""
+        closed = []
+        for tracked in list(self.files.values()):
+            if tracked.in_dir or not self._done(tracked) or now - tracked.last_change < idle:
+                continue
+            self._close(tracked)
+            closed.append(tracked)
+        return closed
+
+    def _done(self, tracked: TrackedFile) -> bool:
+        """Nothing of this file is left to ship: all read and committed, or content another owns.
+
+        A last line without "\n" in a file that has left the directory never completes, so it
+        does not keep the file open.
+        """
+        if tracked.key is None or self.owners.get(tracked.key) is not tracked:
+            return True
+        return tracked.read_pos >= tracked.size and self.committed.get(tracked.key, 0) >= tracked.consumed
+
+    def _close(self, tracked: TrackedFile, dormant: bool = False) -> None:
+        if dormant:
+            try:
+                st = os.fstat(tracked.fd)
+                self.dormant[(tracked.dev, tracked.ino)] = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                pass
+        if tracked.key is not None and self.owners.get(tracked.key) is tracked:
+            del self.owners[tracked.key]
+        os.close(tracked.fd)
+        del self.files[(tracked.dev, tracked.ino)]
+
+    def _close_idle(self, keep: int) -> None:
+        """Close up to ``keep`` fully shipped files still in the directory to make room."""
+        for tracked in sorted(self.files.values(), key=lambda f: f.last_change):
+            if keep <= 0:
+                return
+            if tracked.key is not None and self.committed.get(tracked.key, 0) >= tracked.size:
+                self._close(tracked, dormant=True)
+                keep -= 1
+
+    def close_all(self) -> None:
+        for tracked in list(self.files.values()):
+            self._close(tracked)
+
+    def statuses(self) -> list[FileStatus]:
+        return [FileStatus(t.path, t.key, t.size,
+                           self.committed.get(t.key, 0) if t.key else 0, True)
+                for t in self.files.values()]
+
+    def lag_bytes(self) -> int:
+        """Bytes in the spool not yet committed: the sum over files of size minus committed offset."""
+        total = 0
+        for tracked in self.files.values():
+            if tracked.key is None:
+                total += tracked.size
+            elif self.owners.get(tracked.key) is tracked:
+                total += max(0, tracked.size - self.committed.get(tracked.key, 0))
+        return total
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
