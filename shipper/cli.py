@@ -83,7 +83,6 @@ def load_config(args: argparse.Namespace) -> config.Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    faulthandler.enable()  # a watchdog kill (SIGABRT) leaves every thread's traceback in the journal
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
@@ -93,9 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(args.events, keep=args.keep)
         cfg = load_config(args)
         logs.setup(cfg.log.level, cfg.log.format)
+        logs.hide(*cfg.secrets())
         if args.command == "run":
             from .daemon import Daemon
 
+            faulthandler.enable()  # a watchdog kill (SIGABRT) leaves each thread's traceback in the journal
             daemon = Daemon(cfg, reload=lambda: load_config(args),
                             exit_when_caught_up=args.exit_when_caught_up)
             daemon.install_signal_handlers()

@@ -88,6 +88,24 @@ def _parse_str(value: Any) -> str:
     return value
 
 
+def _parse_dsn(value: Any) -> str:
+    """A libpq connection string or URI, checked now so that a malformed one fails as a config error.
+
+    libpq's parse errors quote the text around the mistake ("missing '=' after 'secret'",
+    "unexpected spaces found in 'pa ss'"), which can be the password: they are never passed on.
+    """
+    import psycopg.conninfo
+
+    text = _parse_str(value)
+    if text:
+        try:
+            psycopg.conninfo.conninfo_to_dict(text)
+        except psycopg.Error:
+            raise _Invalid("is not a valid libpq connection string or URI (libpq's message is not "
+                           "shown: it may quote the password)") from None
+    return text
+
+
 def _parse_size(value: Any) -> int:
     """Bytes as an integer or a string such as "64MiB"."""
     if isinstance(value, str):
@@ -177,7 +195,7 @@ class SpoolConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    dsn: str = _setting("", _parse_str, "libpq connection string or URI; overrides host..password")
+    dsn: str = _setting("", _parse_dsn, "libpq connection string or URI; overrides host..password")
     host: str = _setting("localhost", _parse_str, "server host")
     port: int = _setting(5433, _parse_port, "server port")
     database: str = _setting("moodle_logs_tsdb", _parse_str, "database name")
@@ -197,6 +215,10 @@ class StateConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     listen: str = _setting("127.0.0.1:9847", _parse_listen, "Prometheus and health endpoints")
+    # As long as the unit's WatchdogSec: /healthz fails when systemd's watchdog would.
+    liveness_timeout: float = _setting(30.0, _parse_seconds, "/healthz fails after the loop stalls this long")
+    readiness_max_wait: float = _setting(120.0, _parse_seconds, "/readyz fails when read events wait "
+                                         "this long for a commit")
 
 
 @dataclass(frozen=True)
@@ -246,6 +268,13 @@ class Config:
         """The connection target without any password, fit for logs and errors."""
         return redact_dsn(self.conninfo())
 
+    def secrets(self) -> list[str]:
+        """Strings never to be logged: the password, wherever it came from (dsn, setting or file)."""
+        import psycopg.conninfo
+
+        password = psycopg.conninfo.conninfo_to_dict(self.conninfo()).get("password")
+        return [str(password)] if password else []
+
     def conninfo(self) -> str:
         """The libpq connection string; password included, never to be logged."""
         import psycopg.conninfo
@@ -267,6 +296,10 @@ class Config:
         params.setdefault("keepalives_count", 3)
         params.setdefault("tcp_user_timeout", 60000)
         return psycopg.conninfo.make_conninfo(**params)
+
+
+# Settings whose values are never echoed in an error message.
+SECRET_SETTINGS = frozenset({"database.dsn", "database.password"})
 
 
 def _sections() -> dict[str, type]:
@@ -389,7 +422,8 @@ def _build(raw: dict[str, tuple[Any, str]], problems: list[str]) -> Config:
         try:
             return f.metadata["parse"](value)
         except _Invalid as exc:
-            problems.append(f"{where}: {dotted} {exc} (got {value!r})")
+            got = "value not shown: it may hold a password" if dotted in SECRET_SETTINGS else f"got {value!r}"
+            problems.append(f"{where}: {dotted} {exc} ({got})")
             return f.default
 
     top: dict[str, Any] = {}

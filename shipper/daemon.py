@@ -20,13 +20,14 @@ from typing import Any, TypeVar
 import psycopg
 import tenacity
 
-from . import checkpoints, sdnotify
+from . import checkpoints, health, sdnotify
 from .buffer import Batch
 from .config import Config
 from .errors import ConfigError, SchemaError, SpoolError
+from .http import MetricsServer
 from .metrics import Metrics
 from .parse import LINE_TOO_LONG, REJECTED_BY_DATABASE, DeadLetter, Parser
-from .sink.retry import Action, backoff, classify, sqlstate_class
+from .sink.retry import Action, backoff, classify
 from .sink.timescale import Sink
 from .spool.tail import Tailer
 from .spool.watch import SpoolWatcher
@@ -76,7 +77,12 @@ class Daemon:
         self.stream_failed = False
         self.last_tick = time.monotonic()
         self.last_commit: float | None = None
+        self.last_commit_at: float | None = None  # Unix time, for the metrics and the state file
         self.last_error: str | None = None
+        self.started = False  # offsets read from the database: shipping has begun
+        self.waiting_since: float | None = None  # read data waits for a commit since (monotonic)
+        self.http: MetricsServer | None = None
+        self.metrics.watch_health(self.liveness, self.readiness, lambda: self.last_commit_at)
         self.shipped = 0
         self._next_state_save = 0.0
         self._next_status = 0.0
@@ -115,16 +121,23 @@ class Daemon:
         problem = checkpoints.check_state_dir(cfg.state.dir)
         if problem:
             raise SpoolError(problem)
+        if cfg.metrics.listen != "off":
+            # Before READY: a port already taken fails the start, where systemd and the operator see it.
+            self.http = MetricsServer(cfg.metrics.listen, self.metrics.registry, self.liveness,
+                                      self.readiness)
+            self.http.start()
         sdnotify.ready()
         log.info("shipping %s (%s) to %s as source_id=%s", cfg.spool.dir, ", ".join(cfg.spool.pattern),
                  cfg.redacted_dsn(), cfg.source_id)
         self.watcher.start()
         try:
             try:
-                committed = self._retrying("read checkpoints", self.sink.load_checkpoints)
+                committed = self._retrying("read checkpoints", self.sink.load_checkpoints, grace=False)
             except Stopped:
                 return 0
             self.metrics.database_up.set(1)
+            self.last_error = None
+            self.started = True
             log.info("%d file offsets read from the database", len(committed))
             self.tailer = Tailer(cfg.spool.dir, cfg.spool.pattern, cfg.spool.max_line_bytes,
                                  cfg.spool.read_bytes, committed, cfg.spool.max_open_files)
@@ -142,11 +155,16 @@ class Daemon:
 
     def _shutdown(self) -> None:
         for what, step in (("watcher", self.watcher.stop), ("database", self.sink.close),
-                           ("state file", self._save_state), ("files", self._close_files)):
+                           ("state file", self._save_state), ("files", self._close_files),
+                           ("metrics endpoint", self._stop_http)):
             try:
                 step()
             except Exception:
                 log.exception("error while closing the %s", what)
+
+    def _stop_http(self) -> None:
+        if self.http is not None:
+            self.http.stop()
 
     def _close_files(self) -> None:
         if self.tailer is not None:
@@ -243,22 +261,37 @@ class Daemon:
     def _flush(self) -> None:
         batch = self.batch
         started = time.monotonic()
-        rejected: list[int] = []
-        committed = False
+        rejected: list[int] | None = []
         if not self.stream_failed:
             try:
                 self.sink.commit(batch)
-                committed = True
             except RETRYABLE as exc:
                 self._stream_failure(exc)
-        if not committed:
+        if self.stream_failed:
             rejected = self._retrying("ship a batch", lambda: self._replay(batch))
-        self._after_commit(batch, rejected, time.monotonic() - started)
+        if rejected is not None:
+            self._after_commit(batch, rejected, time.monotonic() - started)
         self.batch = Batch()
         self.stream_failed = False
 
-    def _replay(self, batch: Batch) -> list[int]:
-        if self.sink.already_committed(batch):
+    def _replay(self, batch: Batch) -> list[int] | None:
+        """Ship a batch after a failure; None when the batch was dropped to re-read from the database.
+
+        The database's offsets decide. When they already cover the batch, the COMMIT whose reply
+        was lost went through (rows and offsets commit together, so this is exact). When they are
+        behind what it acknowledged before, the database lost commits: re-read from its offsets.
+        """
+        assert self.tailer is not None
+        held = self.sink.load_checkpoints()
+        lost = {key: held.get(key, 0) for key, offset in self.tailer.committed.items()
+                if held.get(key, 0) < offset}
+        if lost:
+            log.error("the database holds older offsets than it acknowledged for %d files (restored "
+                      "from a backup, or failed over to a replica that was behind?): reading them "
+                      "again from its offsets", len(lost))
+            self.tailer.resync(held)
+            return None
+        if all(held.get(s.key, -1) >= s.end for s in batch.sources):
             log.info("the last batch was committed before the connection was lost: not repeating it")
             return []
         rejected = self.sink.replay(batch)
@@ -284,9 +317,11 @@ class Daemon:
         for name, count in batch.nulled.items():
             m.fields_nulled.labels(name).inc(count)
         m.database_up.set(1)
-        m.last_commit.set(time.time())
+        self.last_commit_at = time.time()
+        m.last_commit.set(self.last_commit_at)
         self.last_commit = time.monotonic()
         self.last_error = None
+        self.waiting_since = None  # the next tick starts the clock again if more is waiting
         if batch.dead or rejected:
             log.warning("%d lines dead-lettered (see shipper_dead_letter)", len(batch.dead) + len(rejected))
         self.tailer.close_finished(time.monotonic(), idle=1.0)
@@ -295,10 +330,11 @@ class Daemon:
 
     # -- retries -----------------------------------------------------------------------------
 
-    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+    def _retrying(self, what: str, fn: Callable[[], T], grace: bool = True) -> T:
         """Run ``fn`` until it succeeds: transient errors back off exponentially, others slowly.
 
-        Raises Stopped when shutdown was requested and its grace period ran out.
+        Raises Stopped when shutdown was requested and (with ``grace``, for a batch in flight) the
+        shutdown grace period ran out.
         """
         retry = self.config.retry
 
@@ -316,7 +352,7 @@ class Daemon:
             self.sink.close()
 
         def stop(_state: tenacity.RetryCallState) -> bool:
-            return self.stopping and time.monotonic() >= (self.stop_deadline or 0)
+            return self.stopping and (not grace or time.monotonic() >= (self.stop_deadline or 0))
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(RETRYABLE),
@@ -339,19 +375,33 @@ class Daemon:
                 time.sleep(min(remaining, 0.2, max(0.0, (self.stop_deadline or 0) - time.monotonic())))
             else:
                 self.stop_event.wait(min(remaining, 1.0))
+            self._refresh_spool()
             self._tick()
             if self.stopping and time.monotonic() >= (self.stop_deadline or 0):
                 return
 
+    def _refresh_spool(self) -> None:
+        """Take the spool files' sizes while a retry waits, so lag_bytes grows during an outage.
+
+        The same rescan/poll the loop does between reads (nothing is read here): safe with a batch in
+        flight, and without it the lag metric would freeze at the moment the database went away.
+        """
+        if self.tailer is None:
+            return
+        if self.watcher.changed.is_set():
+            self.watcher.changed.clear()
+            self.tailer.rescan()
+        else:
+            self.tailer.poll()
+
     def _record_failure(self, exc: BaseException, what: str) -> None:
         action = classify(exc)
-        cls = sqlstate_class(exc)
-        self.metrics.failure(cls)
+        cls = self.metrics.failure(exc)
         self.metrics.database_up.set(0)
         message = _describe(exc)
         self.last_error = message
         level = logging.WARNING if action is Action.TRANSIENT else logging.ERROR
-        log.log(level, "%s failed (%s, SQLSTATE class %s): %s", what, action.value, cls, message)
+        log.log(level, "%s failed (%s, failure class %s): %s", what, action.value, cls, message)
 
     # -- housekeeping of the loop -------------------------------------------------------------
 
@@ -376,9 +426,22 @@ class Daemon:
         oldest = self.batch.oldest
         m.lag_seconds.set(max(0.0, time.time() - oldest) if oldest is not None else 0.0)
         if self.tailer is not None:
-            m.lag_bytes.set(self.tailer.lag_bytes())
-            m.files_tracked.set(len(self.tailer.files))
-            m.files_open.set(len(self.tailer.files))
+            tailer = self.tailer
+            m.lag_bytes.set(tailer.lag_bytes())
+            m.files_tracked.set(len(tailer.files) + len(tailer.dormant))
+            m.files_open.set(len(tailer.files))
+            if not (self.batch or tailer.has_unread()):
+                self.waiting_since = None
+            elif self.waiting_since is None:
+                self.waiting_since = time.monotonic()
+
+    def liveness(self) -> str | None:
+        """None while the main loop ticks, else why not (/healthz; called from the HTTP thread)."""
+        return health.liveness(self, self.config.metrics.liveness_timeout)
+
+    def readiness(self) -> str | None:
+        """None while shipping or idle with nothing to ship, else why not (/readyz)."""
+        return health.readiness(self, self.config.metrics.readiness_max_wait)
 
     def status_line(self) -> str:
         lag = self.tailer.lag_bytes() if self.tailer is not None else 0
@@ -393,7 +456,8 @@ class Daemon:
         self._next_state_save = time.monotonic() + STATE_SAVE_INTERVAL
         try:
             checkpoints.save(self.config.state.dir, self.config.source_id, self.tailer.statuses(),
-                             {"shipped": self.shipped, "last_error": self.last_error})
+                             {"shipped": self.shipped, "last_error": self.last_error,
+                              "last_commit_at": self.last_commit_at})
         except OSError as exc:
             log.warning("cannot write the state file in %s: %s", self.config.state.dir, exc.strerror)
 

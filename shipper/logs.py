@@ -1,7 +1,12 @@
 """Logging to stderr for journald: one line per record, key=value text or JSON, never a secret.
 
-No timestamps in text mode when journald is the reader (it adds its own); the JSON mode carries them
-for log shippers that read files.
+One line per record even with a traceback (journald makes each line a separate entry, and log shippers
+split on newlines): text values are quoted and escaped the logfmt way. No timestamps in text mode when
+journald is the reader (it adds its own); the JSON mode always carries them.
+
+Secrets never reach a log line: the code logs only the redacted DSN (Config.redacted_dsn()) and
+psycopg's messages name host and port, never the password; as a second line of defence every
+formatted line has the configured password replaced by "***" (``hide()``).
 """
 
 from __future__ import annotations
@@ -12,30 +17,71 @@ import os
 import sys
 import time
 
+# Shorter strings are not hidden: replacing every "ab" in every line would wreck the log to protect a
+# password that offers no protection anyway.
+MIN_SECRET_LENGTH = 4
+_secrets: set[str] = set()
+
+
+def hide(*secrets: str | None) -> None:
+    """Replace these strings by "***" in every log line from now on (the database password)."""
+    _secrets.update(s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _stamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         data = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _stamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=False)
+        return redact(json.dumps(data, ensure_ascii=False))
+
+
+def _quote(value: str) -> str:
+    """A logfmt value: bare when it is one plain word, else quoted with \\ " and control escapes."""
+    if value and not any(c in value for c in ' "=\\') and value.isprintable():
+        return value
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+               .replace("\r", "\\r").replace("\t", "\\t"))
+    return f'"{escaped}"'
+
+
+class _TextFormatter(logging.Formatter):
+    """``ts=... level=INFO logger=shipper.daemon msg="..." exc="..."`` on one line."""
+
+    def __init__(self, timestamps: bool) -> None:
+        super().__init__()
+        self.timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = [f"ts={_stamp(record)}"] if self.timestamps else []
+        fields += [f"level={record.levelname}", f"logger={record.name}",
+                   f"msg={_quote(record.getMessage())}"]
+        if record.exc_info:
+            fields.append(f"exc={_quote(self.formatException(record.exc_info))}")
+        return redact(" ".join(fields))
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
-    elif os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(logging.Formatter("level=%(levelname)s logger=%(name)s msg=%(message)s"))
     else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s"))
+        handler.setFormatter(_TextFormatter(timestamps=not os.environ.get("JOURNAL_STREAM")))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -152,23 +152,6 @@ class Sink:
 
     # -- the careful path: replay after a failure --------------------------------------------
 
-    def already_committed(self, batch: Batch) -> bool:
-        """True when the database already holds every offset the batch would write.
-
-        Offsets and rows commit together, so this is exact: it answers "did the COMMIT whose reply
-        was lost go through?".
-        """
-        conn = self.connect()
-        keys = [s.key for s in batch.sources]
-        with conn.transaction():
-            rows = conn.execute(
-                "SELECT file_key, byte_offset FROM shipper_checkpoints"
-                " WHERE source_id = %s AND file_key = ANY(%s)",
-                (self.source_id, keys),
-            ).fetchall()
-        have = {key: int(offset) for key, offset in rows}
-        return all(have.get(s.key, -1) >= s.end for s in batch.sources)
-
     def replay(self, batch: Batch) -> list[int]:
         """Ship the batch again, isolating rows the database rejects; return their indexes."""
         conn = self.connect()

@@ -268,6 +268,23 @@ class Tailer:
             if offset > self.committed.get(key, 0):
                 self.committed[key] = offset
 
+    def resync(self, offsets: dict[str, int]) -> None:
+        """Make the database's offsets the truth again, re-reading whatever it does not hold.
+
+        Used when the database turns out to have lost commits it had acknowledged (restored from a
+        backup, failed over to a replica that was behind): the lines after its offsets are read
+        again, so they arrive once instead of never.
+        """
+        self.committed = dict(offsets)
+        self.positions = dict(offsets)
+        for tracked in self.files.values():
+            if tracked.key is not None and self.owners.get(tracked.key) is tracked:
+                start = offsets.get(tracked.key, 0)
+                self.committed.setdefault(tracked.key, start)
+                self.positions.setdefault(tracked.key, start)
+                tracked.splitter = LineSplitter(start, self.max_line_bytes)
+                tracked.read_pos = start
+
     def close_finished(self, now: float, idle: float) -> list[TrackedFile]:
         """Close files no longer in the directory whose content is committed; return them."""
         closed = []
