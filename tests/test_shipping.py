@@ -29,7 +29,8 @@ from conftest import (
 
 
 def dead_letters(dsn: str) -> list[tuple[str, int, bytes, int]]:
-    rows = query(dsn, "SELECT reason, line_offset, raw, line_length FROM shipper_dead_letter ORDER BY line_offset")
+    rows = query(dsn, "SELECT reason, line_offset, raw, line_length FROM shipper_dead_letter"
+                      " ORDER BY line_offset")
     return [(r, o, bytes(raw), n) for r, o, raw, n in rows]
 
 
