@@ -29,6 +29,7 @@ def hide(*secrets: str | None) -> None:
 
 
 def redact(text: str) -> str:
+    """The text with every hidden string replaced; applied before quoting, which would disguise them."""
     for secret in _secrets:
         text = text.replace(secret, "***")
     return text
@@ -44,11 +45,11 @@ class _JsonFormatter(logging.Formatter):
             "ts": _stamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(data, ensure_ascii=False))
+            data["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(data, ensure_ascii=False)
 
 
 def _quote(value: str) -> str:
@@ -70,10 +71,10 @@ class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = [f"ts={_stamp(record)}"] if self.timestamps else []
         fields += [f"level={record.levelname}", f"logger={record.name}",
-                   f"msg={_quote(record.getMessage())}"]
+                   f"msg={_quote(redact(record.getMessage()))}"]
         if record.exc_info:
-            fields.append(f"exc={_quote(self.formatException(record.exc_info))}")
-        return redact(" ".join(fields))
+            fields.append(f"exc={_quote(redact(self.formatException(record.exc_info)))}")
+        return " ".join(fields)
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:
