@@ -1,4 +1,4 @@
-"""`status`: files, offsets, lag in bytes and seconds, last commit and dead letters, for people and scripts."""
+"""`status`: files, offsets, lag in bytes and seconds, last commit, dead letters, for people and scripts."""
 
 from __future__ import annotations
 
