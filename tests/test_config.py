@@ -98,3 +98,14 @@ def test_cli_exit_code_2_names_the_key(tmp_path: Path, capsys: pytest.CaptureFix
     assert "buffer.batch_size must be >= 1" in capsys.readouterr().err
     # --config before the subcommand works the same
     assert main(["--config", str(path), "status"]) == 2
+
+
+def test_the_example_file_documents_every_key_with_its_default() -> None:
+    example = Path(__file__).resolve().parent.parent / "config" / "shipper.example.toml"
+    text = example.read_text()
+    cfg = config.load(example, environ={})
+    assert cfg == config.load(None, environ={}), "a value in the example differs from the default"
+    uncommented = text.replace("# source_id", "source_id")
+    for name in config.setting_names():
+        key = name.rsplit(".", 1)[-1]
+        assert f"\n{key} = " in "\n" + uncommented, f"{name} is not in {example.name}"
