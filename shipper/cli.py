@@ -53,13 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init-db", help="create or upgrade the database schema")
     init.add_argument("--print-sql", action="store_true",
                       help="print the SQL init-db would run, for a DBA to review, and change nothing")
+    init.add_argument("--grant-to", metavar="ROLE",
+                      help="also grant ROLE what 'run' needs and no more (see docs/database.md)")
     sub.add_parser("check", help="check configuration, spool, state directory, database and schema")
     status = sub.add_parser("status", help="files, offsets, lag and dead letters")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     demo = sub.add_parser("demo", help="ship sample events into a throwaway local PostgreSQL")
     demo.add_argument("--events", type=int, default=200_000, help="how many events (default 200000)")
     demo.add_argument("--keep", action="store_true", help="keep the temporary server and spool")
-    for p in (run, init, sub.choices["check"], status, demo):
+    stats = sub.add_parser("stats", help="events per hour, top event names and top courses")
+    stats.add_argument("--since", default="24h", metavar="INTERVAL",
+                       help='how far back, e.g. 24h or "7 days" (default 24h)')
+    stats.add_argument("--top", type=int, default=10, metavar="N", help="rows in each top list (default 10)")
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    for p in (run, init, sub.choices["check"], status, stats, demo):
         _common(p, top=False)
     return parser
 
@@ -104,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "init-db":
             from .commands import init_db
 
-            return init_db(cfg, print_sql=args.print_sql)
+            return init_db(cfg, print_sql=args.print_sql, grant_to=args.grant_to)
         if args.command == "check":
             from .commands import check
 
@@ -113,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .commands import status
 
             return status(cfg, as_json=args.json)
+        if args.command == "stats":
+            from .commands import stats
+
+            return stats(cfg, args.since, args.top, as_json=args.json)
     except ConfigError as exc:
         print(f"moodle-tsdb-shipper: {exc}", file=sys.stderr)
         return 2

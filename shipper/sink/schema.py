@@ -1,8 +1,9 @@
 """The database schema: moodle_events, its indexes, the shipper's own tables, and their versions.
 
-``init-db`` applies numbered migrations, each once, inside one transaction under an advisory lock, so
-running it twice or from two hosts at once is safe. The shipper itself never changes the schema: it
-only checks, at start and for /readyz, that the version it needs is there.
+``init-db`` applies numbered migrations, each once, then reconciles the TimescaleDB layer (tsdb.py) with
+the settings, all inside one transaction under an advisory lock, so running it twice or from two hosts
+at once is safe and a failure changes nothing. The shipper itself never changes the schema: it only
+checks, at start and for /readyz, that the version it needs is there.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from dataclasses import dataclass
 
 import psycopg
 
+from ..config import TimescaleConfig
 from ..errors import SchemaError
+from . import tsdb
 
 SCHEMA_VERSION = 1
 # pg_advisory_xact_lock key: "mdlship" in ASCII, so a DBA can recognise it in pg_locks.
@@ -84,6 +87,7 @@ class Report:
     applied: list[str]
     skipped: list[str]
     version: int
+    mode: str = ""  # "TimescaleDB 2.28.3" or "plain PostgreSQL: <why>"
 
 
 MIGRATIONS: dict[int, tuple[str, list[str]]] = {
@@ -104,14 +108,71 @@ VERSION_TABLE_DDL = (
 RECORD_VERSION = "INSERT INTO shipper_schema_version (version, description) VALUES (%s, %s)"
 
 
-def script(from_version: int = 0) -> str:
-    """The SQL init-db runs on a database at ``from_version``, as one transaction a DBA can apply."""
-    lines = ["BEGIN;", f"SELECT pg_advisory_xact_lock({INIT_LOCK_KEY});", VERSION_TABLE_DDL + ";"]
+def grant_statements(role: str, aggregates: bool) -> list[str]:
+    """What ``run``, ``status`` and ``stats`` need and nothing more, for ``role``.
+
+    pg_try_advisory_lock (one shipper per source_id) needs no privilege. On a hypertable, TimescaleDB
+    passes grants on moodle_events on to every chunk, present and future, compressed or not.
+    """
+    who = quote_ident(role)
+    out = [
+        f"GRANT SELECT, INSERT ON moodle_events TO {who}",
+        f"GRANT SELECT, INSERT, UPDATE ON shipper_checkpoints TO {who}",
+        f"GRANT SELECT, INSERT ON shipper_dead_letter TO {who}",
+        f"GRANT USAGE ON SEQUENCE shipper_dead_letter_id_seq TO {who}",
+        f"GRANT SELECT ON shipper_schema_version TO {who}",
+    ]
+    if aggregates:
+        out.append(f"GRANT SELECT ON {', '.join(tsdb.AGGREGATES)} TO {who}")
+    return out
+
+
+def quote_ident(name: str) -> str:
+    """A role name as an SQL identifier, always quoted (a role may be called "user"), as printed and run."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql(statement: str) -> str:
+    return statement.strip().rstrip(";") + ";"
+
+
+def script(settings: TimescaleConfig | None = None, grant_to: str | None = None,
+           from_version: int = 0) -> str:
+    """The SQL init-db runs on a new database (at ``from_version``), as one transaction a DBA can apply.
+
+    Without a connection the mode cannot be detected, so the TimescaleDB part follows the settings:
+    included unless timescaledb.enabled = "off". For an existing database init-db computes the changes
+    itself (or ``check`` lists them); re-applying this script leaves existing policies as they are.
+    """
+    settings = settings or TimescaleConfig()
+    use_tsdb = settings.enabled != "off"
+    desired = tsdb.Desired.from_config(settings)
+    lines = [f"-- moodle-tsdb-shipper: schema version {SCHEMA_VERSION} for a new database.",
+             "-- Run as the role that will own the tables (init-db's role); CREATE EXTENSION may need a "
+             "superuser."]
+    if use_tsdb:
+        lines.append("-- TimescaleDB part per the [timescaledb] settings: chunks "
+                     f"{settings.chunk_interval}, compress_after {settings.compress_after}, retain_for "
+                     f"{settings.retain_for}, aggregate_refresh {settings.aggregate_refresh}. For a server "
+                     'without TimescaleDB: --set timescaledb.enabled=off')
+    else:
+        lines.append('-- timescaledb.enabled = "off": plain PostgreSQL, no TimescaleDB objects.')
+    lines += ["BEGIN;", f"SELECT pg_advisory_xact_lock({INIT_LOCK_KEY});"]
+    if use_tsdb:
+        lines.append("CREATE EXTENSION IF NOT EXISTS timescaledb;")
+    lines.append(_sql(VERSION_TABLE_DDL))
     for version in range(from_version + 1, SCHEMA_VERSION + 1):
         description, statements = MIGRATIONS[version]
-        lines += [s.strip().rstrip(";") + ";" for s in statements]
+        lines += [_sql(s) for s in statements]
         lines.append(RECORD_VERSION.replace("%s", "{}").format(
-            version, "'" + description.replace("'", "''") + "'") + ";")
+            version, "'" + description.replace("'", "''") + "'") + " ON CONFLICT (version) DO NOTHING;")
+    if use_tsdb:
+        for step in tsdb.plan(desired, tsdb.State()):
+            lines.append(f"-- {step.description}")
+            lines += [_sql(s) for s in step.sql]
+    if grant_to:
+        lines.append(f"-- what 'moodle-tsdb-shipper run' needs, for role {grant_to}")
+        lines += [_sql(s) for s in grant_statements(grant_to, aggregates=use_tsdb)]
     lines.append("COMMIT;")
     return "\n".join(lines) + "\n"
 
@@ -125,11 +186,32 @@ def current_version(conn: psycopg.Connection) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def init_db(conn: psycopg.Connection) -> Report:
-    """Create or upgrade the schema in place; idempotent and safe to run concurrently."""
+def init_db(conn: psycopg.Connection, settings: TimescaleConfig | None = None,
+            grant_to: str | None = None) -> Report:
+    """Create or upgrade the schema in place; idempotent and safe to run concurrently.
+
+    Everything happens in one transaction under an advisory lock: a second init-db waits for the first
+    and then finds nothing to do, and a failure anywhere leaves the database as it was.
+
+    :param settings: the [timescaledb] section (defaults when None).
+    :param grant_to: a role to grant what ``run`` needs.
+    :raises SchemaError: with what to do, when the extension is unusable or a statement fails.
+    """
+    settings = settings or TimescaleConfig()
+    desired = tsdb.Desired.from_config(settings)
     applied: list[str] = []
+    skipped: list[str] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (INIT_LOCK_KEY,))
+        # Decided before anything is created: an unusable extension must not leave a plain table
+        # behind that a later init-db would have to convert under a lock.
+        ext = tsdb.detect(conn)
+        mode = tsdb.decide(ext, settings.enabled)
+        if mode.error:
+            raise SchemaError(mode.error)
+        if mode.create_extension:
+            _execute(conn, "CREATE EXTENSION IF NOT EXISTS timescaledb", "CREATE EXTENSION timescaledb")
+            applied.append(f"timescaledb extension {ext.available} created in this database")
         conn.execute(VERSION_TABLE_DDL)
         have = current_version(conn)
         if have > SCHEMA_VERSION:
@@ -140,10 +222,76 @@ def init_db(conn: psycopg.Connection) -> Report:
         for version in range(have + 1, SCHEMA_VERSION + 1):
             description, statements = MIGRATIONS[version]
             for statement in statements:
-                conn.execute(statement)
+                _execute(conn, statement, f"schema version {version}")
             conn.execute(RECORD_VERSION, (version, description))
             applied.append(f"schema version {version}: {description}")
-    return Report(applied=applied, skipped=[], version=SCHEMA_VERSION)
+        if mode.timescaledb:
+            for step in tsdb.plan(desired, tsdb.read_state(conn)):
+                for statement in step.sql:
+                    _execute(conn, statement, step.description)
+                applied.append(step.description)
+            skipped += tsdb.policies_off(desired)
+        else:
+            if ext.installed and ext.preloaded and tsdb.read_state(conn).hypertable:
+                skipped.append(
+                    'TimescaleDB layer: timescaledb.enabled = "off", so the hypertable, its policies and '
+                    "the continuous aggregates already in this database are left exactly as they are")
+            else:
+                skipped += tsdb.skipped(desired, mode.text.removeprefix("plain PostgreSQL: "))
+        if grant_to:
+            for statement in grant_statements(grant_to, aggregates=_has_aggregates(conn)):
+                _execute(conn, statement, f"grants to {grant_to}")
+            applied.append(f"grants: role {grant_to} may run the shipper (INSERT and SELECT on "
+                           "moodle_events, read/write on the shipper tables)")
+    return Report(applied=applied, skipped=skipped, version=SCHEMA_VERSION, mode=mode.text)
+
+
+def _has_aggregates(conn: psycopg.Connection) -> bool:
+    return all(conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]  # type: ignore[index]
+               for name in tsdb.AGGREGATES)
+
+
+def _execute(conn: psycopg.Connection, statement: str, doing: str) -> None:
+    """Run one statement; a failure becomes a SchemaError saying which step and that nothing changed."""
+    try:
+        conn.execute(statement)
+    except psycopg.Error as exc:
+        diag = exc.diag
+        message = diag.message_primary or str(exc).strip()
+        hint = ""
+        if exc.sqlstate == "42501":
+            hint = (" (init-db needs a role that owns the tables and may create them, and a superuser "
+                    "for CREATE EXTENSION; or have a DBA apply 'init-db --print-sql')")
+        elif exc.sqlstate == "42704" and "role" in doing:
+            hint = " (create the role first: CREATE ROLE name LOGIN)"
+        raise SchemaError(f"init-db failed at {doing!r}: {message} [SQLSTATE {exc.sqlstate}]{hint}; "
+                          "nothing was changed") from None
+
+
+def describe(conn: psycopg.Connection, settings: TimescaleConfig) -> tuple[bool, str, list[str]]:
+    """For ``check``: (usable as configured, the storage mode in words, what init-db would change)."""
+    ext = tsdb.detect(conn)
+    mode = tsdb.decide(ext, settings.enabled)
+    if mode.error:
+        return False, mode.error, []
+    try:
+        desired = tsdb.Desired.from_config(settings)
+    except SchemaError as exc:
+        return False, str(exc), []
+    if ext.installed and ext.preloaded and tsdb.events_schema(conn) is not None:
+        state = tsdb.read_state(conn)
+        if not mode.timescaledb:
+            if state.hypertable:
+                return True, (tsdb.summary(ext.installed, state) + '; timescaledb.enabled = "off": '
+                              "init-db leaves these as they are"), []
+            return True, mode.text, []
+        pending = [s.description for s in tsdb.plan(desired, state)]
+        return True, tsdb.summary(ext.installed, state), pending
+    if mode.timescaledb and not ext.installed:
+        return True, (f"plain PostgreSQL so far: TimescaleDB {ext.available} is available and init-db "
+                      "will create the extension"), [
+            s.description for s in tsdb.plan(desired, tsdb.State(), True, ext.available or "")]
+    return True, mode.text if not mode.timescaledb else f"{mode.text} (schema not created yet)", []
 
 
 def check(conn: psycopg.Connection) -> str | None:
