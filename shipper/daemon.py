@@ -85,6 +85,7 @@ class Daemon:
         self.metrics.watch_health(self.liveness, self.readiness, lambda: self.last_commit_at)
         self.shipped = 0
         self._next_state_save = 0.0
+        self._next_housekeeping = 0.0
         self._next_status = 0.0
         interval = sdnotify.watchdog_interval()
         self._watchdog_every = interval / 2 if interval else None
@@ -183,6 +184,7 @@ class Daemon:
             if self.watcher.changed.is_set() or now >= next_rescan:
                 self.watcher.changed.clear()
                 tailer.rescan()
+                self._housekeep(tailer)
                 next_rescan = now + self.config.spool.rescan_interval
                 next_poll = now + self.config.spool.poll_interval
             elif woke or now >= next_poll:
@@ -206,6 +208,18 @@ class Daemon:
             if self._watchdog_every:
                 deadline = min(deadline, self._next_watchdog)
             self.wake.wait(max(0.0, deadline - time.monotonic()))
+
+    def _housekeep(self, tailer: Tailer) -> None:
+        """Release descriptors of files gone from the directory and delete shipped ones (if set)."""
+        now = time.monotonic()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + 1.0
+        tailer.close_finished(now, idle=1.0)
+        spool = self.config.spool
+        if spool.delete_shipped:
+            deleted = tailer.delete_shipped(time.time(), spool.delete_grace)
+            self.metrics.files_deleted.inc(len(deleted))
 
     def _full(self) -> bool:
         buf = self.config.buffer
@@ -324,7 +338,7 @@ class Daemon:
         self.waiting_since = None  # the next tick starts the clock again if more is waiting
         if batch.dead or rejected:
             log.warning("%d lines dead-lettered (see shipper_dead_letter)", len(batch.dead) + len(rejected))
-        self.tailer.close_finished(time.monotonic(), idle=1.0)
+        self._housekeep(self.tailer)
         if time.monotonic() >= self._next_state_save:
             self._save_state()
 

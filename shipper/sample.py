@@ -67,7 +67,7 @@ def events(count: int, seed: int = 1, start: float | None = None, per_second: fl
     t_us = int(((start if start is not None else time.time() - span)) * 1_000_000)
     step = 1_000_000 / per_second
     ips = [_ip(rng) for _ in range(users)]
-    for i in range(count):
+    for _ in range(count):
         t_us += int(rng.expovariate(1 / step))
         _, name, comp, action, target, table, crud, edulevel, ctxlevel = rng.choices(KINDS, weights)[0]
         module = rng.choice(MODULES)

@@ -10,7 +10,9 @@ by (device, inode), so a rename never makes it look new.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import fnmatch
 import logging
 import os
@@ -40,11 +42,22 @@ class TrackedFile:
     read_pos: int = 0
     in_dir: bool = True
     last_change: float = field(default_factory=time.monotonic)
+    mtime: float = 0.0  # wall clock, from fstat: how long the writer has left it alone
 
     @property
     def consumed(self) -> int:
         """Offset past the last complete line handed out (committed or in the batch in flight)."""
         return self.splitter.consumed if self.splitter is not None else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Dormant:
+    """A fully shipped file closed to save descriptors; reopened only if it changes."""
+
+    size: int
+    mtime_ns: int
+    key: str
+    path: str
 
 
 @dataclass(slots=True)
@@ -94,8 +107,7 @@ class Tailer:
         self.positions = dict(committed)
         self.files: dict[tuple[int, int], TrackedFile] = {}
         self.owners: dict[str, TrackedFile] = {}
-        # Files closed because they were fully read: (dev, ino) -> (size, mtime_ns) when closed.
-        self.dormant: dict[tuple[int, int], tuple[int, int]] = {}
+        self.dormant: dict[tuple[int, int], Dormant] = {}
         self._cursor = 0
 
     def check_directory(self) -> None:
@@ -144,7 +156,9 @@ class Tailer:
                 tracked.in_dir = True
                 continue
             dormant = self.dormant.get(ident)
-            if dormant is not None and dormant == (st.st_size, st.st_mtime_ns):
+            if dormant is not None and (dormant.size, dormant.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                if dormant.path != path:
+                    self.dormant[ident] = Dormant(dormant.size, dormant.mtime_ns, dormant.key, path)
                 continue
             candidates.append((st.st_mtime, path, st))
         for tracked in self.files.values():
@@ -184,7 +198,8 @@ class Tailer:
             os.close(fd)
             return
         self.dormant.pop(ident, None)
-        tracked = TrackedFile(dev=real.st_dev, ino=real.st_ino, path=path, fd=fd, size=real.st_size)
+        tracked = TrackedFile(dev=real.st_dev, ino=real.st_ino, path=path, fd=fd, size=real.st_size,
+                              mtime=real.st_mtime)
         self.files[ident] = tracked
         log.debug("following %s (inode %d, %d bytes)", path, real.st_ino, real.st_size)
         self._identify(tracked)
@@ -227,6 +242,7 @@ class Tailer:
         if st.st_size != tracked.size:
             tracked.last_change = time.monotonic()
         tracked.size = st.st_size
+        tracked.mtime = st.st_mtime
         if tracked.key is None:
             self._identify(tracked)
 
@@ -306,12 +322,11 @@ class Tailer:
         return tracked.read_pos >= tracked.size and self.committed.get(tracked.key, 0) >= tracked.consumed
 
     def _close(self, tracked: TrackedFile, dormant: bool = False) -> None:
-        if dormant:
-            try:
+        if dormant and tracked.key is not None:
+            with contextlib.suppress(OSError):
                 st = os.fstat(tracked.fd)
-                self.dormant[(tracked.dev, tracked.ino)] = (st.st_size, st.st_mtime_ns)
-            except OSError:
-                pass
+                self.dormant[(tracked.dev, tracked.ino)] = Dormant(st.st_size, st.st_mtime_ns, tracked.key,
+                                                                   tracked.path)
         if tracked.key is not None and self.owners.get(tracked.key) is tracked:
             del self.owners[tracked.key]
         os.close(tracked.fd)
@@ -322,9 +337,51 @@ class Tailer:
         for tracked in sorted(self.files.values(), key=lambda f: f.last_change):
             if keep <= 0:
                 return
-            if tracked.key is not None and self.committed.get(tracked.key, 0) >= tracked.size:
+            if self._shipped(tracked):
                 self._close(tracked, dormant=True)
                 keep -= 1
+
+    def _shipped(self, tracked: TrackedFile) -> bool:
+        """Every byte is committed: no line left, not even an incomplete one."""
+        return (tracked.key is not None and self.owners.get(tracked.key) is tracked
+                and self.committed.get(tracked.key, 0) >= tracked.size)
+
+    def delete_shipped(self, now: float, grace: float) -> list[str]:
+        """Delete files whose every byte is committed, idle for ``grace`` seconds, not the newest.
+
+        The newest file is the one a writer appends to (a quiet night must not delete it under the
+        writer's feet). Each deletion holds flock on the file, as the Moodle plugin does while it
+        appends, and re-checks the size under the lock, so a line appended at that very moment is
+        never deleted unshipped. ``now`` is wall-clock time, as file mtimes are.
+        """
+        present = [t.mtime for t in self.files.values() if t.in_dir]
+        present += [d.mtime_ns / 1e9 for d in self.dormant.values()]
+        if len(present) < 2:
+            return []
+        newest = max(present)
+        deleted = []
+        for tracked in list(self.files.values()):
+            if (tracked.in_dir and self._shipped(tracked) and tracked.mtime < newest
+                    and now - tracked.mtime >= grace
+                    and _unlink_if_unchanged(tracked.fd, tracked.path, (tracked.dev, tracked.ino),
+                                             tracked.size)):
+                self._close(tracked)
+                deleted.append(tracked.path)
+        for ident, dormant in list(self.dormant.items()):
+            mtime = dormant.mtime_ns / 1e9
+            if (mtime < newest and now - mtime >= grace
+                    and self.committed.get(dormant.key, 0) >= dormant.size):
+                try:
+                    fd = os.open(dormant.path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    if _unlink_if_unchanged(fd, dormant.path, ident, dormant.size):
+                        del self.dormant[ident]
+                        deleted.append(dormant.path)
+                finally:
+                    os.close(fd)
+        return deleted
 
     def close_all(self) -> None:
         for tracked in list(self.files.values()):
@@ -344,6 +401,27 @@ class Tailer:
             elif self.owners.get(tracked.key) is tracked:
                 total += max(0, tracked.size - self.committed.get(tracked.key, 0))
         return total
+
+
+def _unlink_if_unchanged(fd: int, path: str, ident: tuple[int, int], size: int) -> bool:
+    """Unlink ``path`` if it is still the file ``fd`` (same inode) and still ``size`` bytes long."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # a writer holds the lock: appending right now
+    try:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) != ident or os.fstat(fd).st_size != size:
+            return False
+        os.unlink(path)
+    except OSError as exc:
+        log.warning("cannot delete shipped file %s: %s", path, exc.strerror)
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    log.info("deleted %s: every line is committed", path)
+    return True
 
 
 def _user_name() -> str:
