@@ -6,6 +6,8 @@ database is down and returns to 0, failures are counted by class, dead letters b
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import socket
 import subprocess
@@ -15,6 +17,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -23,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import Server, Shipper, append, append_events, count_rows, event, line, query, wait_for
 from shipper import __version__
 from shipper.pgtemp import free_port
+from shipper.sink import schema
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
 
@@ -247,17 +251,30 @@ def test_a_metrics_port_in_use_stops_the_start_with_a_clear_error(shipper: Shipp
 
 # -- the exposition format, the dashboard and the alert rules --------------------------------------------
 
-def busy_scrape(shipper: Shipper) -> str:
-    """The text of a real scrape after some shipping, a dead letter and a nulled field."""
-    http = metered(shipper)
-    path = shipper.spool / "events.jsonl"
-    append_events(path, 0, 100)
-    append(path, b"{oops\n", line(event(100, ip="nope")))
-    shipper.start()
-    wait_for(lambda: http.value("moodle_shipper_events_shipped_total") == 101, what="101 events")
-    text = http.text()
-    assert shipper.stop() == 0
-    return text
+@pytest.fixture(scope="module")
+def real_scrape(pg_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
+    """A real scrape after some shipping, a dead letter and a nulled field (one shipper run per module)."""
+    name = f"shipper_test_{uuid.uuid4().hex[:12]}"
+    execute(pg_server.dsn, f'CREATE DATABASE "{name}"')
+    dsn = pg_server.dsn_for(name)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            schema.init_db(conn)
+        shipper = Shipper(tmp_path_factory.mktemp("scrape"), dsn)
+        http = metered(shipper)
+        path = shipper.spool / "events.jsonl"
+        append_events(path, 0, 100)
+        append(path, b"{oops\n", line(event(100, ip="nope")))
+        shipper.start()
+        try:
+            wait_for(lambda: http.value("moodle_shipper_events_shipped_total") == 101, what="101 events")
+            scrape = http.scrape()
+            assert shipper.stop() == 0
+        finally:
+            shipper.kill()
+        yield scrape
+    finally:
+        execute(pg_server.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def promtool() -> str:
@@ -267,13 +284,26 @@ def promtool() -> str:
     return path
 
 
-def test_promtool_accepts_a_real_scrape(shipper: Shipper) -> None:
-    tool = promtool()
-    text = busy_scrape(shipper)
-    done = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True,
-                          timeout=60)
+def test_promtool_accepts_a_real_scrape(real_scrape: Scrape) -> None:
+    done = subprocess.run([promtool(), "check", "metrics"], input=real_scrape.text, capture_output=True,
+                          text=True, timeout=60)
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), (
         done.stdout + done.stderr)
+
+
+def test_metric_names_follow_the_conventions(real_scrape: Scrape) -> None:
+    families = {f.name: f.type for f in text_string_to_metric_families(real_scrape.text)}
+    ours = {name: kind for name, kind in families.items() if name.startswith("moodle_shipper_")}
+    assert len(ours) >= 25
+    for name, kind in ours.items():
+        if kind == "counter":
+            assert f"{name}_total" in real_scrape.names(), name
+        else:
+            assert not name.endswith("_total"), name
+    # low cardinality: no label takes a path, a user or anything else open-ended
+    labels = {k for (name, labelset) in real_scrape.samples for k, _ in labelset
+              if name.startswith("moodle_shipper_")}
+    assert labels == {"reason", "field", "sqlstate_class", "le", "version"}
 
 
 def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
@@ -285,3 +315,139 @@ def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
     done = subprocess.run([tool, "test", "rules", tests.name], capture_output=True, text=True, timeout=60,
                           cwd=tests.parent)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alert_rules_name_metrics_that_exist(real_scrape: Scrape) -> None:
+    # every expr in alerts.yml is on one line (PyYAML is not a dependency of the project)
+    exprs = re.findall(r"^\s*expr: (.+)$", (CONTRIB / "prometheus" / "alerts.yml").read_text(), re.M)
+    assert len(exprs) == 7
+    for expr in exprs:
+        names = promql_metric_names(expr)
+        assert names, expr
+        names.discard("up")  # Prometheus's own, per target
+        assert names <= real_scrape.names(), (expr, names - real_scrape.names())
+
+
+# -- the Grafana dashboard ------------------------------------------------------------------------------
+
+DASHBOARD = CONTRIB / "grafana" / "moodle-tsdb-shipper.json"
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+                "bool", "offset", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (label matchers, ranges, functions and keywords removed)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    text = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", text)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    tokens = re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*(?!\s*\()\b(?!\s*\()", text)
+    return {t for t in tokens if t.lower() not in PROMQL_WORDS}
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    data = json.loads(DASHBOARD.read_text())
+    panels = []
+    for panel in data["panels"]:
+        panels.append(panel)
+        panels += panel.get("panels", [])  # a collapsed row holds its panels
+    return panels
+
+
+def targets(kind: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(p["title"], t) for p in dashboard_panels() for t in p.get("targets", [])
+            if (t.get("datasource") or p["datasource"])["type"] == kind]
+
+
+def test_dashboard_is_valid_json_with_a_query_in_every_panel() -> None:
+    data = json.loads(DASHBOARD.read_text())
+    assert data["uid"] == "moodle-tsdb-shipper" and data["title"]
+    ids = [p["id"] for p in dashboard_panels()]
+    assert len(ids) == len(set(ids))
+    variables = {v["name"] for v in data["templating"]["list"]}
+    for panel in dashboard_panels():
+        if panel["type"] == "row":
+            continue
+        assert panel.get("targets"), panel["title"]
+        for target in panel["targets"]:
+            uid = (target.get("datasource") or panel["datasource"])["uid"]
+            assert uid.startswith("${") and uid[2:-1] in variables, (panel["title"], uid)
+    assert targets("prometheus") and targets("postgres")
+
+
+def test_dashboard_prometheus_queries_name_metrics_of_a_real_scrape(real_scrape: Scrape) -> None:
+    data = json.loads(DASHBOARD.read_text())
+    exprs = [(title, t["expr"]) for title, t in targets("prometheus")]
+    exprs += [("variable " + v["name"], v["query"]["query"]) for v in data["templating"]["list"]
+              if v["type"] == "query"]
+    seen: set[str] = set()
+    for title, expr in exprs:
+        names = promql_metric_names(expr.replace("label_values(", "(").replace(", instance)", ")"))
+        assert names, (title, expr)
+        assert names <= real_scrape.names(), (title, names - real_scrape.names())
+        seen |= names
+    for family in ("events_shipped_total", "lag_bytes", "lag_seconds", "flush_failures_total",
+                   "dead_letters_total", "database_up", "flush_duration_seconds_bucket"):
+        assert f"moodle_shipper_{family}" in seen, family
+
+
+def test_dashboard_prometheus_queries_parse(tmp_path: Path) -> None:
+    """promtool parses each panel query, as a recording rule (Grafana's variables filled in)."""
+    tool = promtool()
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query_{i}",
+         "expr": t["expr"].replace("$__rate_interval", "5m").replace("$instance", ".*")}
+        for i, (_, t) in enumerate(targets("prometheus"))]}]}
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(json.dumps(rules))  # JSON is YAML
+    done = subprocess.run([tool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def grafana_sql(raw: str) -> str:
+    """A panel's SQL with Grafana's macros expanded for a 30-day range."""
+    return re.sub(r"\$__timeFilter\((\w+)\)", r"\1 BETWEEN now() - INTERVAL '30 days' AND now()", raw)
+
+
+def test_dashboard_sql_runs_against_the_schema(pg_server: Server, initdb: str) -> None:
+    """Every PostgreSQL panel runs against a database made by init-db.
+
+    Without the timescaledb extension the continuous aggregates are stood in for by plain views built
+    from the same definitions (time_bucket swapped for date_trunc), so column names are still checked.
+    """
+    from shipper.sink import tsdb
+
+    with psycopg.connect(initdb, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass('events_by_hour') IS NOT NULL").fetchone()
+        if not (exists and exists[0]):
+            for view, (_, select) in tsdb.AGGREGATES.items():
+                select = re.sub(r"time_bucket\(INTERVAL '1 (\w+)', time\)", r"date_trunc('\1', time)", select)
+                conn.execute(f"CREATE VIEW {view} AS {select}")
+    append_events_rows(initdb)
+    relations = set()
+    with psycopg.connect(initdb, autocommit=True) as conn:
+        for title, target in targets("postgres"):
+            raw = target["rawSql"]
+            assert "$__timeFilter(" in raw or "shipper_checkpoints" in raw, title
+            relations |= set(re.findall(r"\bFROM\s+([a-z_]+)", raw))
+            rows = conn.execute(grafana_sql(raw)).fetchall()
+            assert rows, title
+            if target["format"] == "time_series":
+                names = [c.name for c in conn.execute(grafana_sql(raw)).description or []]
+                assert names[0] == "time", (title, names)
+    assert {"events_by_hour", "events_by_day_course"} <= relations
+
+
+def append_events_rows(dsn: str) -> None:
+    """A few rows in every table the panels read, inside the panels' time range."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO moodle_events (time, eventname, component, courseid, userid) "
+                     "SELECT now() - i * INTERVAL '1 hour', 'course_viewed', 'core', 2 + i % 3, i "
+                     "FROM generate_series(1, 48) AS i")
+        conn.execute("INSERT INTO shipper_checkpoints (source_id, file_key, path, byte_offset) "
+                     "VALUES ('web1', 'k', '/spool/a.jsonl', 100)")
+        conn.execute("INSERT INTO shipper_dead_letter (source_id, path, line_offset, line_length, reason,"
+                     " raw) VALUES ('web1', '/spool/a.jsonl', 0, 5, 'invalid_json', 'oops')")
+        timescale = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+        if timescale != (0,):
+            for view in ("events_by_hour", "events_by_day_course"):
+                conn.execute(f"CALL refresh_continuous_aggregate('{view}', NULL, NULL)")
