@@ -299,3 +299,17 @@ def test_commits_the_database_lost_are_shipped_again(shipper: Shipper) -> None:
     assert shipper.stop() == 0
     assert seqs(shipper.dsn) == list(range(350))
     assert "older offsets than it acknowledged" in shipper.logs()
+
+
+def test_truncated_and_rewritten_past_the_offset_between_two_looks(shipper: Shipper) -> None:
+    """A file replaced in place by longer content never looks smaller: its first line tells."""
+    path = shipper.spool / "events.jsonl"
+    append_events(path, 0, 100)
+    shipper.start()
+    wait_for(lambda: count_rows(shipper.dsn) == 100, what="100 events")
+    path.write_bytes(b"".join(line(event(i)) for i in range(100, 400)))  # O_TRUNC, then one write
+    wait_for(lambda: count_rows(shipper.dsn) == 400, what="the rewritten content")
+    time.sleep(0.5)
+    assert shipper.stop() == 0
+    assert seqs(shipper.dsn) == list(range(400))
+    assert query(shipper.dsn, "SELECT count(*) FROM shipper_dead_letter")[0][0] == 0

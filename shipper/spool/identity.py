@@ -23,6 +23,12 @@ def fingerprint(fd: int, limit: int) -> str | None:
     Returns None while that line is not complete (its "\\n" not written yet). Reads with pread, so the
     descriptor's position is untouched. ``limit`` caps how far to look (the file size when called).
     """
+    found = fingerprint_span(fd, limit)
+    return found[0] if found else None
+
+
+def fingerprint_span(fd: int, limit: int) -> tuple[str, int] | None:
+    """The key and how many bytes from the start it covers (to verify it cheaply later)."""
     digest = hashlib.sha256()
     offset = 0
     line_has_content = False
@@ -40,8 +46,25 @@ def fingerprint(fd: int, limit: int) -> str | None:
                 break
             if line_has_content:
                 digest.update(data[: nl + 1])
-                return digest.hexdigest()
+                return digest.hexdigest(), offset + nl + 1
             start = nl + 1
         digest.update(data)
         offset += len(data)
     return None
+
+
+def still_matches(fd: int, key: str, span: int) -> bool:
+    """Whether the file still starts with the bytes its key was made from.
+
+    A file truncated and written again past the old offset between two looks has a larger size,
+    not a smaller one; only its first line tells that it is new content.
+    """
+    digest = hashlib.sha256()
+    offset = 0
+    while offset < span:
+        data = os.pread(fd, min(_READ, span - offset), offset)
+        if not data:
+            return False
+        digest.update(data)
+        offset += len(data)
+    return digest.hexdigest() == key

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import SpoolError
-from .identity import fingerprint
+from .identity import fingerprint_span, still_matches
 from .lines import LineSplitter, Split
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class TrackedFile:
     fd: int
     size: int = 0
     key: str | None = None
+    key_span: int = 0  # bytes from 0 the key covers
     splitter: LineSplitter | None = None
     read_pos: int = 0
     in_dir: bool = True
@@ -206,14 +207,16 @@ class Tailer:
 
     def _identify(self, tracked: TrackedFile) -> None:
         """Give a file its key and start offset once its first line is complete."""
-        key = fingerprint(tracked.fd, tracked.size)
-        if key is None:
+        found = fingerprint_span(tracked.fd, tracked.size)
+        if found is None:
             return
+        key, span = found
         owner = self.owners.get(key)
         if owner is not None and owner is not tracked:
             return  # another open file (copytruncate's original) reads this content
         self.owners[key] = tracked
         tracked.key = key
+        tracked.key_span = span
         start = self.positions.get(key, 0)
         self.positions.setdefault(key, 0)
         self.committed.setdefault(key, 0)
@@ -238,6 +241,11 @@ class Tailer:
         if st.st_size < tracked.size:
             log.warning("%s was truncated (%d -> %d bytes): reading it again from 0",
                         tracked.path, tracked.size, st.st_size)
+            self._release(tracked)
+        elif (st.st_size != tracked.size and tracked.key is not None
+              and not still_matches(tracked.fd, tracked.key, tracked.key_span)):
+            log.warning("%s was truncated and written again (its first line changed): reading it "
+                        "again from 0", tracked.path)
             self._release(tracked)
         if st.st_size != tracked.size:
             tracked.last_change = time.monotonic()
