@@ -269,11 +269,13 @@ class Config:
         return redact_dsn(self.conninfo())
 
     def secrets(self) -> list[str]:
-        """Strings never to be logged: the password, wherever it came from (dsn, setting or file)."""
+        """Strings never to be logged: the password, wherever it came from (dsn, setting, file, or
+        libpq's own PGPASSWORD)."""
         import psycopg.conninfo
 
-        password = psycopg.conninfo.conninfo_to_dict(self.conninfo()).get("password")
-        return [str(password)] if password else []
+        found = [psycopg.conninfo.conninfo_to_dict(self.conninfo()).get("password"),
+                 os.environ.get("PGPASSWORD")]
+        return [str(p) for p in found if p]
 
     def conninfo(self) -> str:
         """The libpq connection string; password included, never to be logged."""
