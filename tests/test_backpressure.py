@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from test_metrics import Endpoint
 
 from conftest import Server, Shipper, append_events, count_rows, seqs, wait_for
 from shipper.pgtemp import free_port
-from test_metrics import Endpoint
 
 
 def test_reading_pauses_at_the_buffer_bounds_while_the_database_is_away(
