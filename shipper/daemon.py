@@ -460,6 +460,8 @@ class Daemon:
     def status_line(self) -> str:
         lag = self.tailer.lag_bytes() if self.tailer is not None else 0
         text = f"shipped {self.shipped} events, {lag} bytes behind"
+        if self.batch.oldest is not None:
+            text += f", oldest unshipped event {max(0.0, time.time() - self.batch.oldest):.0f} s old"
         if self.last_error:
             text += f"; failing: {self.last_error[:120]}"
         return text
