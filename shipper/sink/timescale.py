@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
 
 import psycopg
 from psycopg import sql
@@ -41,8 +45,75 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
 """
 
 
+# How long past statement_timeout a call may wait for the server's answer before the connection is
+# taken for dead. A live server cancels a statement at statement_timeout and says so at once.
+REPLY_GRACE = 5.0
+
+
 class SourceBusy(SchemaError):
     """Another shipper with the same source_id holds this database's lock for it."""
+
+
+class ReplyGuard:
+    """Shuts a connection's socket down when a call waits longer than ``timeout`` for the server.
+
+    libpq has no read timeout of its own. statement_timeout is enforced by the server, keepalives and
+    tcp_user_timeout by the peer's kernel; a path that takes the bytes and never answers (a hung proxy
+    or pooler, a stopped backend, a middlebox that still acknowledges) leaves a call waiting forever.
+    Shutting the socket down from this thread makes the blocked call fail as a lost connection
+    (OperationalError, transient), and the batch is replayed on a new one.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.fired = 0
+        self._cond = threading.Condition()
+        self._fd: int | None = None
+        self._deadline = 0.0
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def armed(self, conn: psycopg.Connection) -> Iterator[None]:
+        """Guard the calls made on ``conn`` inside the block (the deadline restarts with touch())."""
+        with self._cond:
+            self._fd = conn.pgconn.socket
+            self._deadline = time.monotonic() + self.timeout
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="reply-guard", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._fd = None
+
+    def touch(self) -> None:
+        """A new statement begins: it gets the whole timeout again."""
+        with self._cond:
+            self._deadline = time.monotonic() + self.timeout
+
+    def _watch(self) -> None:
+        with self._cond:
+            while True:
+                if self._fd is None:
+                    self._cond.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                # Still under the lock: the caller cannot have closed this descriptor meanwhile.
+                log.warning("no answer from the database for %.0f s (statement_timeout + %.0f s): "
+                            "taking the connection for dead", self.timeout, REPLY_GRACE)
+                with contextlib.suppress(OSError):
+                    sock = socket.socket(fileno=os.dup(self._fd))
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    finally:
+                        sock.close()
+                self.fired += 1
+                self._fd = None
 
 
 class Sink:
@@ -60,6 +131,10 @@ class Sink:
         self.conn: psycopg.Connection | None = None
         self._copy: contextlib.ExitStack | None = None
         self._copy_obj: psycopg.Copy | None = None
+        self.guard = ReplyGuard(statement_timeout + REPLY_GRACE)
+        # Our earlier sessions, as (pid, backend_start), that may outlive their dropped connection.
+        self._abandoned: list[tuple[int, object]] = []
+        self._backend: tuple[int, object] | None = None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -70,17 +145,22 @@ class Sink:
         self.close()
         conn = psycopg.connect(self.conninfo, autocommit=True)
         try:
-            conn.execute(sql.SQL("SET statement_timeout = {}").format(self.statement_timeout_ms))
-            problem = schema.check(conn)
-            if problem:
-                raise SchemaError(f"database {self.target}: {problem}")
-            got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
-                               (f"moodle-tsdb-shipper:{self.source_id}",)).fetchone()
-            if not got or not got[0]:
-                raise SourceBusy(
-                    f"another shipper with source_id {self.source_id!r} is connected to {self.target}: "
-                    "each shipper needs its own source_id (two with one id would ship files twice)"
-                )
+            with self.guard.armed(conn):
+                conn.execute(sql.SQL("SET statement_timeout = {}").format(self.statement_timeout_ms))
+                problem = schema.check(conn)
+                if problem:
+                    raise SchemaError(f"database {self.target}: {problem}")
+                self._evict_abandoned(conn)
+                got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                   (f"moodle-tsdb-shipper:{self.source_id}",)).fetchone()
+                if not got or not got[0]:
+                    raise SourceBusy(
+                        f"another shipper with source_id {self.source_id!r} is connected to {self.target}: "
+                        "each shipper needs its own source_id (two with one id would ship files twice)"
+                    )
+                row = conn.execute("SELECT pid, backend_start FROM pg_stat_activity"
+                                   " WHERE pid = pg_backend_pid()").fetchone()
+                self._backend = (row[0], row[1]) if row else None
             conn.autocommit = False
         except BaseException:
             conn.close()
@@ -88,9 +168,42 @@ class Sink:
         self.conn = conn
         return conn
 
+    def _evict_abandoned(self, conn: psycopg.Connection) -> None:
+        """End our own earlier sessions that the server still keeps.
+
+        A connection dropped on our side (the reply guard, a reset through a proxy) can live on in the
+        server behind a path that lost it, holding this source's lock and an open transaction: the
+        next connection would wait for it for hours (until the server's keepalives, if ever). Only
+        sessions this process opened are ended, matched by pid and start time; never another
+        shipper's. The lock is taken only once they are gone, so their transactions have ended,
+        committed or not, before the offsets are read again.
+        """
+        if not self._abandoned:
+            return
+        pids = [pid for pid, _ in self._abandoned]
+        starts = [start for _, start in self._abandoned]
+        query = ("SELECT pid FROM pg_stat_activity JOIN unnest(%s::int[], %s::timestamptz[]) AS a(p, s)"
+                 " ON pid = a.p AND backend_start = a.s")
+        try:
+            alive = [r[0] for r in conn.execute(query, (pids, starts)).fetchall()]
+            if alive:
+                log.warning("ending %d earlier session(s) of this shipper the server still keeps "
+                            "(connection lost on our side): pid %s", len(alive),
+                            ", ".join(map(str, alive)))
+                conn.execute("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) AS p", (alive,))
+                deadline = time.monotonic() + 5.0
+                while conn.execute(query, (pids, starts)).fetchall() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            log.warning("cannot end an earlier session of this shipper: %s", exc.diag.message_primary)
+        self._abandoned.clear()
+
     def close(self) -> None:
         self._copy = None
         self._copy_obj = None
+        if self._backend is not None:
+            self._abandoned.append(self._backend)
+            self._backend = None
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close()
@@ -103,7 +216,7 @@ class Sink:
     def load_checkpoints(self) -> dict[str, int]:
         """Committed offsets of this source, the authority on where each file continues."""
         conn = self.connect()
-        with conn.transaction():
+        with self.guard.armed(conn), conn.transaction():
             rows = conn.execute(
                 "SELECT file_key, byte_offset FROM shipper_checkpoints WHERE source_id = %s",
                 (self.source_id,),
@@ -120,35 +233,49 @@ class Sink:
         """Send rows into the batch's COPY, opening transaction and COPY on the first call."""
         if self._copy_obj is None:
             conn = self.connect()
-            stack = contextlib.ExitStack()
-            self._copy_obj = stack.enter_context(conn.cursor().copy(COPY_SQL))
-            self._copy = stack
+            with self.guard.armed(conn):
+                stack = contextlib.ExitStack()
+                self._copy_obj = stack.enter_context(conn.cursor().copy(COPY_SQL))
+                self._copy = stack
+        assert self.conn is not None
         write = self._copy_obj.write
-        for i in range(0, len(rows), COPY_PIECE_ROWS):
-            write(b"".join(rows[i:i + COPY_PIECE_ROWS]))
+        with self.guard.armed(self.conn):
+            for i in range(0, len(rows), COPY_PIECE_ROWS):
+                write(b"".join(rows[i:i + COPY_PIECE_ROWS]))
 
     def commit(self, batch: Batch) -> None:
         """End the COPY begun by stream() and commit it with the batch's dead letters and offsets."""
+        if batch.rows and (self._copy is None or self.conn is None or self.conn.closed):
+            # The rows went into a COPY on a connection that is gone: never commit the offsets
+            # without them on a new one. The batch is replayed whole.
+            raise psycopg.OperationalError("the connection that carried the batch's COPY is gone")
         conn = self.connect()
-        if self._copy is not None:
-            stack, self._copy, self._copy_obj = self._copy, None, None
-            stack.close()
-        with conn.cursor() as cur:
-            self._write_dead_letters(cur, batch, [])
-            self._write_checkpoints(cur, batch)
-        conn.commit()
+        with self.guard.armed(conn):
+            if self._copy is not None:
+                stack, self._copy, self._copy_obj = self._copy, None, None
+                stack.close()
+            with conn.cursor() as cur:
+                self.guard.touch()
+                self._write_dead_letters(cur, batch, [])
+                self.guard.touch()
+                self._write_checkpoints(cur, batch)
+            self.guard.touch()
+            conn.commit()
 
     def abandon(self) -> None:
         """Roll back whatever the fast path had started; the batch stays in memory for replay."""
         stack, self._copy, self._copy_obj = self._copy, None, None
-        if stack is not None:
-            with contextlib.suppress(Exception):
-                stack.__exit__(RuntimeError, RuntimeError("batch abandoned"), None)
-        if self.conn is not None:
-            try:
+        if self.conn is None:
+            return
+        try:
+            with self.guard.armed(self.conn):
+                if stack is not None:
+                    with contextlib.suppress(Exception):
+                        stack.__exit__(RuntimeError, RuntimeError("batch abandoned"), None)
+                self.guard.touch()
                 self.conn.rollback()
-            except Exception:
-                self.close()
+        except Exception:
+            self.close()
 
     # -- the careful path: replay after a failure --------------------------------------------
 
@@ -156,17 +283,22 @@ class Sink:
         """Ship the batch again, isolating rows the database rejects; return their indexes."""
         conn = self.connect()
         rejected: list[tuple[int, str]] = []
-        with conn.cursor() as cur:
-            if batch.rows:
-                self._copy_isolating(cur, batch, list(range(len(batch.rows))), rejected)
-            self._write_dead_letters(cur, batch, rejected)
-            self._write_checkpoints(cur, batch)
-        conn.commit()
+        with self.guard.armed(conn):
+            with conn.cursor() as cur:
+                if batch.rows:
+                    self._copy_isolating(cur, batch, list(range(len(batch.rows))), rejected)
+                self.guard.touch()
+                self._write_dead_letters(cur, batch, rejected)
+                self.guard.touch()
+                self._write_checkpoints(cur, batch)
+            self.guard.touch()
+            conn.commit()
         return [i for i, _ in rejected]
 
     def _copy_isolating(self, cur: psycopg.Cursor, batch: Batch, idx: list[int],
                         rejected: list[tuple[int, str]]) -> None:
         """COPY rows ``idx`` under a savepoint; on a data error split them until each bad row is alone."""
+        self.guard.touch()
         cur.execute("SAVEPOINT shipper_rows")
         try:
             with cur.copy(COPY_SQL) as copy:
