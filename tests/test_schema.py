@@ -75,8 +75,10 @@ def test_available_but_not_preloaded_is_never_a_silent_fallback(enabled: str) ->
 
 def test_created_in_the_database_but_not_preloaded_is_an_error() -> None:
     ext = tsdb.Extension(installed="2.28.3", available="2.28.3", preloaded=False, can_create=True)
-    mode = tsdb.decide(ext, "auto")
-    assert mode.error and "created in this database (version 2.28.3) but not preloaded" in mode.error
+    for enabled in ("auto", "on", "off"):  # "off" cannot help: the hypertable needs the library
+        mode = tsdb.decide(ext, enabled)
+        assert mode.error and "created in this database (version 2.28.3) but not preloaded" in mode.error
+        assert "writes to its tables fail" in mode.error and "restart PostgreSQL" in mode.error
 
 
 def test_not_on_the_server_is_plain_with_auto_and_an_error_with_on() -> None:
@@ -139,6 +141,15 @@ def test_plan_for_an_empty_database_builds_everything_deterministically() -> Non
     assert sql.count("add_continuous_aggregate_policy") == 2
     # every policy waits before its first run, so the scheduler never races a test's run_job
     assert sql.count("initial_start => now() + INTERVAL '1 hour'") == 4
+
+
+def test_apache_edition_gets_the_hypertable_only() -> None:
+    desired = tsdb.Desired.from_config(TimescaleConfig())
+    steps = tsdb.plan(desired, tsdb.State(), community=False)
+    assert [s.description for s in steps] == [
+        "hypertable: moodle_events partitioned on time, chunks of 1 day"]
+    skipped = tsdb.apache_skipped(desired)
+    assert len(skipped) == 3 and all("timescaledb.license = 'apache'" in s for s in skipped)
 
 
 def test_plan_updates_policies_in_place_and_removes_those_turned_off() -> None:

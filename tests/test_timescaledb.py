@@ -361,6 +361,8 @@ def test_enabled_off_leaves_the_timescaledb_objects_alone(tinit: str) -> None:
         usable, text, pending = schema.describe(conn, off)
     assert report.applied == [] and len(report.skipped) == 1
     assert "left exactly as they are" in report.skipped[0]
+    assert report.mode.startswith("TimescaleDB ")
+    assert report.mode.endswith('left as it is (timescaledb.enabled = "off")')
     assert layout(tinit) == before
     assert usable and pending == []
     assert text.endswith('timescaledb.enabled = "off": init-db leaves these as they are')

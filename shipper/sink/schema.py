@@ -201,6 +201,7 @@ def init_db(conn: psycopg.Connection, settings: TimescaleConfig | None = None,
     desired = tsdb.Desired.from_config(settings)
     applied: list[str] = []
     skipped: list[str] = []
+    mode_text = ""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (INIT_LOCK_KEY,))
         # Decided before anything is created: an unusable extension must not leave a plain table
@@ -209,6 +210,7 @@ def init_db(conn: psycopg.Connection, settings: TimescaleConfig | None = None,
         mode = tsdb.decide(ext, settings.enabled)
         if mode.error:
             raise SchemaError(mode.error)
+        mode_text = mode.text
         if mode.create_extension:
             _execute(conn, "CREATE EXTENSION IF NOT EXISTS timescaledb", "CREATE EXTENSION timescaledb")
             applied.append(f"timescaledb extension {ext.available} created in this database")
@@ -226,13 +228,15 @@ def init_db(conn: psycopg.Connection, settings: TimescaleConfig | None = None,
             conn.execute(RECORD_VERSION, (version, description))
             applied.append(f"schema version {version}: {description}")
         if mode.timescaledb:
-            for step in tsdb.plan(desired, tsdb.read_state(conn)):
+            community = tsdb.license_of(conn) != "apache"
+            for step in tsdb.plan(desired, tsdb.read_state(conn), community=community):
                 for statement in step.sql:
                     _execute(conn, statement, step.description)
                 applied.append(step.description)
-            skipped += tsdb.policies_off(desired)
+            skipped += tsdb.policies_off(desired) if community else tsdb.apache_skipped(desired)
         else:
             if ext.installed and ext.preloaded and tsdb.read_state(conn).hypertable:
+                mode_text = f'TimescaleDB {ext.installed}, left as it is (timescaledb.enabled = "off")'
                 skipped.append(
                     'TimescaleDB layer: timescaledb.enabled = "off", so the hypertable, its policies and '
                     "the continuous aggregates already in this database are left exactly as they are")
@@ -243,7 +247,7 @@ def init_db(conn: psycopg.Connection, settings: TimescaleConfig | None = None,
                 _execute(conn, statement, f"grants to {grant_to}")
             applied.append(f"grants: role {grant_to} may run the shipper (INSERT and SELECT on "
                            "moodle_events, read/write on the shipper tables)")
-    return Report(applied=applied, skipped=skipped, version=SCHEMA_VERSION, mode=mode.text)
+    return Report(applied=applied, skipped=skipped, version=SCHEMA_VERSION, mode=mode_text)
 
 
 def _has_aggregates(conn: psycopg.Connection) -> bool:
@@ -285,8 +289,10 @@ def describe(conn: psycopg.Connection, settings: TimescaleConfig) -> tuple[bool,
                 return True, (tsdb.summary(ext.installed, state) + '; timescaledb.enabled = "off": '
                               "init-db leaves these as they are"), []
             return True, mode.text, []
-        pending = [s.description for s in tsdb.plan(desired, state)]
-        return True, tsdb.summary(ext.installed, state), pending
+        community = tsdb.license_of(conn) != "apache"
+        pending = [s.description for s in tsdb.plan(desired, state, community=community)]
+        text = tsdb.summary(ext.installed, state) + ("" if community else f" ({tsdb.APACHE})")
+        return True, text, pending
     if mode.timescaledb and not ext.installed:
         return True, (f"plain PostgreSQL so far: TimescaleDB {ext.available} is available and init-db "
                       "will create the extension"), [

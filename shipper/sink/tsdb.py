@@ -141,6 +141,13 @@ def decide(ext: Extension, enabled: str) -> Mode:
     creatable by this role) is an error with "auto" too, because the operator evidently meant to use it
     and a plain table built now would later need a locking conversion.
     """
+    preload = ("set shared_preload_libraries = 'timescaledb' in postgresql.conf (added to any libraries "
+               "already listed there, comma-separated) and restart PostgreSQL")
+    if ext.installed and not ext.preloaded:
+        # Whatever the setting: the hypertable's insert trigger needs the library, so writes would fail.
+        return Mode(False, "TimescaleDB not preloaded", error=(
+            f"the timescaledb extension is created in this database (version {ext.installed}) but not "
+            f"preloaded, so PostgreSQL cannot use it and writes to its tables fail: {preload}"))
     if enabled == "off":
         return Mode(False, 'plain PostgreSQL: timescaledb.enabled = "off"')
     version = ext.installed or ext.available
@@ -155,9 +162,7 @@ def decide(ext: Extension, enabled: str) -> Mode:
     if not ext.preloaded:
         return Mode(False, "TimescaleDB not preloaded", error=(
             f"the timescaledb extension is {where} (version {version}) but not preloaded, so PostgreSQL "
-            "cannot use it: set shared_preload_libraries = 'timescaledb' in postgresql.conf (added to "
-            "any libraries already listed there, comma-separated) and restart PostgreSQL, then run "
-            f"init-db again; {OFF_HINT}"))
+            f"cannot use it: {preload}, then run init-db again; {OFF_HINT}"))
     if _version_tuple(version) < MIN_VERSION:
         fix = ("install a newer TimescaleDB package, then run ALTER EXTENSION timescaledb UPDATE as "
                "the first command of a new session" if ext.installed
@@ -361,8 +366,12 @@ def _was(old: int | None) -> str:
 
 
 def plan(desired: Desired, state: State, create_extension: bool = False,
-         version: str = "") -> list[Step]:
-    """The steps that turn ``state`` into what ``desired`` asks for; empty when nothing differs."""
+         version: str = "", community: bool = True) -> list[Step]:
+    """The steps that turn ``state`` into what ``desired`` asks for; empty when nothing differs.
+
+    :param community: False for TimescaleDB's Apache-2 edition, which has hypertables only: no
+        compression, no policies, no continuous aggregates (see :func:`apache_skipped`).
+    """
     steps: list[Step] = []
     if create_extension:
         steps.append(Step(f"timescaledb extension {version} created in this database".replace("  ", " "),
@@ -380,6 +389,8 @@ def plan(desired: Desired, state: State, create_extension: bool = False,
             f"chunk interval: {_was(state.chunk_interval)} -> {interval_text(desired.chunk_interval)} "
             "(for chunks created from now on; existing chunks keep theirs)",
             [f"SELECT set_chunk_time_interval('moodle_events', {chunk})"]))
+    if not community:
+        return steps
     if not state.compression or state.segmentby != SEGMENT_BY or state.orderby != ORDER_BY:
         was = ""
         if state.compression:
@@ -449,6 +460,21 @@ def _aggregate_policy(name: str, desired: Desired, job: Job | None) -> list[Step
     was = f"every {_was(job.schedule)}, window {_was(job.seconds['start_offset'])}"
     return [Step(f"refresh policy of {name}: {was} -> every {interval_text(every)}, window {window}",
                  [_alter_job(job, want, every if job.schedule != every else None)])]
+
+
+APACHE = ("TimescaleDB's Apache-2 edition is loaded (timescaledb.license = 'apache'), which has no "
+          "compression, policies or continuous aggregates; the Community edition has them")
+
+
+def license_of(conn: psycopg.Connection) -> str | None:
+    """ "timescale" (Community) or "apache", once the extension is loaded in this session."""
+    row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
+    return row[0] if row else None
+
+
+def apache_skipped(desired: Desired) -> list[str]:
+    """What the Apache-2 edition goes without, for init-db's report."""
+    return skipped(desired, APACHE)[1:]
 
 
 def skipped(desired: Desired, reason: str) -> list[str]:
