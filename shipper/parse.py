@@ -105,7 +105,8 @@ def _to_int(value: Any, bounds: tuple[int, int]) -> Any:
     if value is None or value == "":
         return None
     if kind is str:
-        if _INT_TEXT.fullmatch(value) is None:
+        # Plain digits (how Moodle passes ids as strings) skip the regex; it would match them.
+        if not (value.isdecimal() and len(value) <= 20) and _INT_TEXT.fullmatch(value) is None:
             return _BAD
         number = int(value)
     elif (kind is float and value.is_integer()) or kind is bool:
@@ -299,36 +300,36 @@ class Parser:
                 crud = "\\N"
 
             # Integers go into the row as they are (the f-string formats them); NULL as \N.
-            edulevel = get("edulevel")
-            if not (type(edulevel) is int and lo16 <= edulevel <= hi16):
-                edulevel = _int_text(edulevel, INT16, "edulevel", nulled)
-            anonymous = get("anonymous")
-            if not (type(anonymous) is int and lo16 <= anonymous <= hi16):
-                anonymous = _int_text(anonymous, INT16, "anonymous", nulled)
-            courseid = get("courseid")
-            if not (type(courseid) is int and lo64 <= courseid <= hi64):
-                courseid = _int_text(courseid, INT64, "courseid", nulled)
-            contextid = get("contextid")
-            if not (type(contextid) is int and lo64 <= contextid <= hi64):
-                contextid = _int_text(contextid, INT64, "contextid", nulled)
-            contextlevel = get("contextlevel")
-            if not (type(contextlevel) is int and lo32 <= contextlevel <= hi32):
-                contextlevel = _int_text(contextlevel, INT32, "contextlevel", nulled)
-            contextinstanceid = get("contextinstanceid")
-            if not (type(contextinstanceid) is int and lo64 <= contextinstanceid <= hi64):
-                contextinstanceid = _int_text(contextinstanceid, INT64, "contextinstanceid", nulled)
-            userid = get("userid")
-            if not (type(userid) is int and lo64 <= userid <= hi64):
-                userid = _int_text(userid, INT64, "userid", nulled)
-            relateduserid = get("relateduserid")
-            if not (type(relateduserid) is int and lo64 <= relateduserid <= hi64):
-                relateduserid = _int_text(relateduserid, INT64, "relateduserid", nulled)
-            realuserid = get("realuserid")
-            if not (type(realuserid) is int and lo64 <= realuserid <= hi64):
-                realuserid = _int_text(realuserid, INT64, "realuserid", nulled)
-            objectid = get("objectid")
-            if not (type(objectid) is int and lo64 <= objectid <= hi64):
-                objectid = _int_text(objectid, INT64, "objectid", nulled)
+            v = get("edulevel")
+            edulevel = (v if type(v) is int and lo16 <= v <= hi16
+                        else "\\N" if v is None else _int_text(v, INT16, "edulevel", nulled))
+            v = get("anonymous")
+            anonymous = (v if type(v) is int and lo16 <= v <= hi16
+                         else "\\N" if v is None else _int_text(v, INT16, "anonymous", nulled))
+            v = get("courseid")
+            courseid = (v if type(v) is int and lo64 <= v <= hi64
+                        else "\\N" if v is None else _int_text(v, INT64, "courseid", nulled))
+            v = get("contextid")
+            contextid = (v if type(v) is int and lo64 <= v <= hi64
+                         else "\\N" if v is None else _int_text(v, INT64, "contextid", nulled))
+            v = get("contextlevel")
+            contextlevel = (v if type(v) is int and lo32 <= v <= hi32
+                            else "\\N" if v is None else _int_text(v, INT32, "contextlevel", nulled))
+            v = get("contextinstanceid")
+            instanceid = (v if type(v) is int and lo64 <= v <= hi64
+                          else "\\N" if v is None else _int_text(v, INT64, "contextinstanceid", nulled))
+            v = get("userid")
+            userid = (v if type(v) is int and lo64 <= v <= hi64
+                      else "\\N" if v is None else _int_text(v, INT64, "userid", nulled))
+            v = get("relateduserid")
+            relateduserid = (v if type(v) is int and lo64 <= v <= hi64
+                             else "\\N" if v is None else _int_text(v, INT64, "relateduserid", nulled))
+            v = get("realuserid")
+            realuserid = (v if type(v) is int and lo64 <= v <= hi64
+                          else "\\N" if v is None else _int_text(v, INT64, "realuserid", nulled))
+            v = get("objectid")
+            objectid = (v if type(v) is int and lo64 <= v <= hi64
+                        else "\\N" if v is None else _int_text(v, INT64, "objectid", nulled))
 
             v = get("objecttable")
             try:
@@ -364,7 +365,7 @@ class Parser:
                     other = dumped.decode().replace("\\", "\\\\")
             rows.append(
                 f"{ts}\t{name_text}\t{component}\t{action}\t{target}\t{crud}\t{edulevel}\t{anonymous}\t"
-                f"{courseid}\t{contextid}\t{contextlevel}\t{contextinstanceid}\t{userid}\t"
+                f"{courseid}\t{contextid}\t{contextlevel}\t{instanceid}\t{userid}\t"
                 f"{relateduserid}\t{realuserid}\t{objectid}\t{objecttable}\t{ip}\t{origin}\t{other}\n"
                 .encode())
             row_offsets.append(offset)
