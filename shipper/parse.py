@@ -46,6 +46,9 @@ INT16 = (-(2**15), 2**15 - 1)
 # datetime's range, which sits inside timestamptz's: seconds from year 1 to year 9999.
 MIN_EPOCH = -62135596800
 MAX_EPOCH = 253402300799
+MIN_EPOCH_US = MIN_EPOCH * 1_000_000
+MAX_EPOCH_US = MAX_EPOCH * 1_000_000 + 999_999
+TEXT_CACHE_SIZE = 4096
 
 _INT_COLUMNS: tuple[tuple[str, tuple[int, int]], ...] = (
     ("edulevel", INT16), ("anonymous", INT16), ("courseid", INT64), ("contextid", INT64),
@@ -102,7 +105,8 @@ def _to_int(value: Any, bounds: tuple[int, int]) -> Any:
     if value is None or value == "":
         return None
     if kind is str:
-        if _INT_TEXT.fullmatch(value) is None:
+        # Plain digits (how Moodle passes ids as strings) skip the regex; it would match them.
+        if not (value.isdecimal() and len(value) <= 20) and _INT_TEXT.fullmatch(value) is None:
             return _BAD
         number = int(value)
     elif (kind is float and value.is_integer()) or kind is bool:
@@ -171,7 +175,7 @@ def _event_time(event: dict[str, Any], nulled: Counter[str]) -> tuple[int, int] 
         return INVALID_TIMECREATED
     us = event.get("timecreated_us")
     if us is not None:
-        micros = _to_int(us, (MIN_EPOCH * 1_000_000, MAX_EPOCH * 1_000_000 + 999_999))
+        micros = _to_int(us, (MIN_EPOCH_US, MAX_EPOCH_US))
         if micros is None or micros is _BAD:
             nulled["timecreated_us"] += 1
         else:
@@ -180,100 +184,175 @@ def _event_time(event: dict[str, Any], nulled: Counter[str]) -> tuple[int, int] 
 
 
 class Parser:
-    """Parses lines into COPY rows; keeps caches across calls, so one Parser per daemon."""
+    """Parses lines into COPY rows; keeps caches across calls, so one Parser per daemon.
+
+    The loop is written out column by column for speed (it is most of the shipper's CPU, see
+    BENCHMARKS.md): each column has a fast path for the value Moodle sends (an int in range, a string
+    already seen, None) and falls back to the general conversion (``_to_int``, ``_to_text``) for
+    anything else, so the result is the same as converting every value the general way.
+    """
 
     def __init__(self) -> None:
         self._ips = _IpCache()
         self._times = _TimeCache()
+        # COPY text of strings already seen in the text columns (eventname, component, ...): few
+        # distinct values, and most need escaping (every eventname has backslashes). None is NULL.
+        self._texts: dict[str | None, str] = {None: "\\N"}
+
+    def _text(self, value: Any, column: str, nulled: Counter[str]) -> str:
+        """The general path for a text column: convert, count a value that cannot be stored, cache."""
+        text = _to_text(value)
+        if text is _BAD:
+            nulled[column] += 1
+            return "\\N"
+        if text is None:
+            return "\\N"
+        if type(value) is str:
+            texts = self._texts
+            if len(texts) >= TEXT_CACHE_SIZE:
+                texts.clear()
+                texts[None] = "\\N"
+            texts[value] = text
+        return text  # type: ignore[no-any-return]
 
     def parse(self, lines: list[bytes], offsets: list[int], out: Parsed | None = None) -> Parsed:
         """Parse complete lines (without "\\n") found at ``offsets`` in their file."""
         out = Parsed() if out is None else out
         rows, row_offsets, raws, nulled = out.rows, out.offsets, out.raws, out.nulled
-        ip_valid, time_text = self._ips.valid, self._times.text
+        ip_known, ip_valid = self._ips.known, self._ips.valid
+        seconds_text, time_text = self._times.seconds, self._times.text
+        texts, text = self._texts, self._text
         oldest = out.oldest
-        loads = orjson.loads
+        loads, dumps = orjson.loads, orjson.dumps
+        lo64, hi64, lo32, hi32, lo16, hi16 = INT64[0], INT64[1], INT32[0], INT32[1], INT16[0], INT16[1]
         for line, offset in zip(lines, offsets, strict=True):
             raw = line
             if line.endswith(b"\r"):
                 line = line[:-1]
             if offset == 0 and line.startswith(BOM):
                 line = line[3:]
-            if not line or line.isspace():
-                out.blank += 1
-                continue
             try:
                 event = loads(line)
             except orjson.JSONDecodeError as exc:
-                out.dead.append(_invalid(offset, raw, exc))
+                if not line or line.isspace():  # only here: such a line is never JSON
+                    out.blank += 1
+                else:
+                    out.dead.append(_invalid(offset, raw, exc))
                 continue
             if type(event) is not dict:
                 out.dead.append(DeadLetter(offset, NOT_AN_OBJECT,
                                            f"a JSON {type(event).__name__} where an object is needed",
                                            raw, len(raw)))
                 continue
-            name = event.get("eventname")
-            if name is None or name == "":
-                out.dead.append(DeadLetter(offset, MISSING_EVENTNAME, "no eventname", raw, len(raw)))
-                continue
-            if type(name) is not str or "\x00" in name:
-                out.dead.append(DeadLetter(offset, INVALID_EVENTNAME, "eventname is not a string",
-                                           raw, len(raw)))
-                continue
-            when = _event_time(event, nulled)
-            if type(when) is str:
-                detail = f"timecreated={event.get('timecreated')!r:.80}"
-                out.dead.append(DeadLetter(offset, when, detail, raw, len(raw)))
-                continue
-            seconds, micros = when  # type: ignore[misc]
+            get = event.get
+            name = get("eventname")
+            name_text = texts.get(name) if type(name) is str else None
+            if not name_text:  # not seen before (or "", which is no name)
+                if name is None or name == "":
+                    out.dead.append(DeadLetter(offset, MISSING_EVENTNAME, "no eventname", raw, len(raw)))
+                    continue
+                if type(name) is not str or "\x00" in name:
+                    out.dead.append(DeadLetter(offset, INVALID_EVENTNAME, "eventname is not a string",
+                                               raw, len(raw)))
+                    continue
+                name_text = text(name, "eventname", nulled)
+
+            tc = get("timecreated")
+            us = get("timecreated_us")
+            if (type(us) is int and type(tc) is int and MIN_EPOCH <= tc <= MAX_EPOCH
+                    and MIN_EPOCH_US <= us <= MAX_EPOCH_US):
+                seconds, micros = divmod(us, 1_000_000)
+            elif us is None and type(tc) is int and MIN_EPOCH <= tc <= MAX_EPOCH:
+                seconds, micros = tc, 0
+            else:
+                when = _event_time(event, nulled)
+                if type(when) is str:
+                    detail = f"timecreated={event.get('timecreated')!r:.80}"
+                    out.dead.append(DeadLetter(offset, when, detail, raw, len(raw)))
+                    continue
+                seconds, micros = when  # type: ignore[misc]
             if oldest is None or seconds < oldest:
                 oldest = seconds
-            ts = time_text(seconds)
-            parts = [f"{ts}.{micros:06d}+00" if micros else f"{ts}+00", _copy_text(name)]
-            for column in ("component", "action", "target"):
-                value = _to_text(event.get(column))
-                if value is _BAD:
-                    nulled[column] += 1
-                    value = None
-                parts.append("\\N" if value is None else value)
-            crud = event.get("crud")
+            ts = seconds_text.get(seconds) or time_text(seconds)
+            ts = f"{ts}.{micros:06d}+00" if micros else f"{ts}+00"
+
+            v = get("component")
+            try:
+                component = texts[v]
+            except (KeyError, TypeError):
+                component = text(v, "component", nulled)
+            v = get("action")
+            try:
+                action = texts[v]
+            except (KeyError, TypeError):
+                action = text(v, "action", nulled)
+            v = get("target")
+            try:
+                target = texts[v]
+            except (KeyError, TypeError):
+                target = text(v, "target", nulled)
+
+            crud = get("crud")
             if crud is None or crud == "":
-                parts.append("\\N")
-            elif type(crud) is str and len(crud) == 1 and crud not in "\x00\\\t\n\r":
-                parts.append(crud)
-            else:
+                crud = "\\N"
+            elif not (type(crud) is str and len(crud) == 1 and crud not in "\x00\\\t\n\r"):
                 nulled["crud"] += 1
-                parts.append("\\N")
-            for column, bounds in _INT_COLUMNS:
-                number = _to_int(event.get(column), bounds)
-                if number is _BAD:
-                    nulled[column] += 1
-                    number = None
-                parts.append("\\N" if number is None else str(number))
-            value = _to_text(event.get("objecttable"))
-            if value is _BAD:
-                nulled["objecttable"] += 1
-                value = None
-            parts.append("\\N" if value is None else value)
-            ip = event.get("ip")
+                crud = "\\N"
+
+            # Integers go into the row as they are (the f-string formats them); NULL as \N.
+            v = get("edulevel")
+            edulevel = (v if type(v) is int and lo16 <= v <= hi16
+                        else "\\N" if v is None else _int_text(v, INT16, "edulevel", nulled))
+            v = get("anonymous")
+            anonymous = (v if type(v) is int and lo16 <= v <= hi16
+                         else "\\N" if v is None else _int_text(v, INT16, "anonymous", nulled))
+            v = get("courseid")
+            courseid = (v if type(v) is int and lo64 <= v <= hi64
+                        else "\\N" if v is None else _int_text(v, INT64, "courseid", nulled))
+            v = get("contextid")
+            contextid = (v if type(v) is int and lo64 <= v <= hi64
+                         else "\\N" if v is None else _int_text(v, INT64, "contextid", nulled))
+            v = get("contextlevel")
+            contextlevel = (v if type(v) is int and lo32 <= v <= hi32
+                            else "\\N" if v is None else _int_text(v, INT32, "contextlevel", nulled))
+            v = get("contextinstanceid")
+            instanceid = (v if type(v) is int and lo64 <= v <= hi64
+                          else "\\N" if v is None else _int_text(v, INT64, "contextinstanceid", nulled))
+            v = get("userid")
+            userid = (v if type(v) is int and lo64 <= v <= hi64
+                      else "\\N" if v is None else _int_text(v, INT64, "userid", nulled))
+            v = get("relateduserid")
+            relateduserid = (v if type(v) is int and lo64 <= v <= hi64
+                             else "\\N" if v is None else _int_text(v, INT64, "relateduserid", nulled))
+            v = get("realuserid")
+            realuserid = (v if type(v) is int and lo64 <= v <= hi64
+                          else "\\N" if v is None else _int_text(v, INT64, "realuserid", nulled))
+            v = get("objectid")
+            objectid = (v if type(v) is int and lo64 <= v <= hi64
+                        else "\\N" if v is None else _int_text(v, INT64, "objectid", nulled))
+
+            v = get("objecttable")
+            try:
+                objecttable = texts[v]
+            except (KeyError, TypeError):
+                objecttable = text(v, "objecttable", nulled)
+            ip = get("ip")
             if ip is None or ip == "":
-                parts.append("\\N")
-            elif type(ip) is str and ip_valid(ip):
-                parts.append(ip)
-            else:
+                ip = "\\N"
+            elif not (type(ip) is str and (ip_known.get(ip) or ip_valid(ip))):
                 nulled["ip"] += 1
-                parts.append("\\N")
-            value = _to_text(event.get("origin"))
-            if value is _BAD:
-                nulled["origin"] += 1
-                value = None
-            parts.append("\\N" if value is None else value)
-            other = event.get("other")
+                ip = "\\N"
+            v = get("origin")
+            try:
+                origin = texts[v]
+            except (KeyError, TypeError):
+                origin = text(v, "origin", nulled)
+            other = get("other")
             if other is None:
-                parts.append("\\N")
+                other = "\\N"
             else:
                 try:
-                    dumped = orjson.dumps(other)
+                    dumped = dumps(other)
                 except orjson.JSONEncodeError:
                     # Nested deeper than orjson writes (254 levels; it reads 1024): this used to
                     # crash the daemon on that line at every start. The event ships without it.
@@ -281,14 +360,27 @@ class Parser:
                 if dumped is None or (b"\\u0000" in dumped and _NUL_IN_JSON.search(dumped)):
                     # jsonb cannot hold U+0000; the event ships without its "other".
                     nulled["other"] += 1
-                    parts.append("\\N")
+                    other = "\\N"
                 else:
-                    parts.append(dumped.decode().replace("\\", "\\\\"))
-            rows.append(("\t".join(parts) + "\n").encode())
+                    other = dumped.decode().replace("\\", "\\\\")
+            rows.append(
+                f"{ts}\t{name_text}\t{component}\t{action}\t{target}\t{crud}\t{edulevel}\t{anonymous}\t"
+                f"{courseid}\t{contextid}\t{contextlevel}\t{instanceid}\t{userid}\t"
+                f"{relateduserid}\t{realuserid}\t{objectid}\t{objecttable}\t{ip}\t{origin}\t{other}\n"
+                .encode())
             row_offsets.append(offset)
             raws.append(raw)
         out.oldest = oldest
         return out
+
+
+def _int_text(value: Any, bounds: tuple[int, int], column: str, nulled: Counter[str]) -> int | str:
+    """The general path for an integer column: the number, or "\\N" (counted when not storable)."""
+    number = _to_int(value, bounds)
+    if number is _BAD:
+        nulled[column] += 1
+        return "\\N"
+    return "\\N" if number is None else number  # type: ignore[no-any-return]
 
 
 def _invalid(offset: int, raw: bytes, exc: orjson.JSONDecodeError) -> DeadLetter:
