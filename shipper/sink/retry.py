@@ -20,6 +20,10 @@ class Action(enum.Enum):
 TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01", "57014", "55P03"})
 TRANSIENT_CLASSES = frozenset({"08", "53", "58"})
 DATA_CLASSES = frozenset({"22", "23"})
+# 54000 program_limit_exceeded is what a row too big for an index gets ("index row size ... exceeds
+# maximum"): the row's fault as much as a bad value, so it is isolated and dead-lettered; retried as a
+# batch error it blocked the whole spool behind one line.
+DATA_SQLSTATES = frozenset({"54000"})
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
@@ -43,7 +47,7 @@ def classify(exc: BaseException) -> Action:
     if state:
         if state in TRANSIENT_SQLSTATES or state[:2] in TRANSIENT_CLASSES:
             return Action.TRANSIENT
-        if state[:2] in DATA_CLASSES:
+        if state[:2] in DATA_CLASSES or state in DATA_SQLSTATES:
             return Action.DATA
         return Action.OTHER
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError | TimeoutError):
