@@ -121,6 +121,10 @@ class LineSplitter:
         skipping = self._skipping
         assert skipping is not None
         nl = data.find(b"\n")
+        if len(skipping.sample) < SAMPLE_BYTES:
+            # The first SAMPLE_BYTES of the line however the reads were cut: with a max_line_bytes
+            # below SAMPLE_BYTES the sample used to stop wherever the skipping began.
+            skipping.sample += data[: min(len(data) if nl < 0 else nl, SAMPLE_BYTES - len(skipping.sample))]
         if nl < 0:
             skipping.length += len(data)
             return -1
