@@ -300,6 +300,7 @@ def check(dsn: str, ledger: Ledger, optional: Ledger | None = None,
                 copy.write_row((ident, entry.key, entry.offset, _expected_raw(entry.raw, max_line_bytes),
                                 must))
         conn.execute("CREATE INDEX ON exp_ev (seq)")
+        conn.execute("CREATE INDEX ON exp_ev (time_us)")
         conn.execute("CREATE INDEX ON exp_dl (file_key, off)")
         conn.execute("ANALYZE exp_ev")
         conn.execute("ANALYZE exp_dl")
@@ -318,6 +319,10 @@ def check(dsn: str, ledger: Ledger, optional: Ledger | None = None,
             SELECT id, sum(n)::bigint AS n FROM (
                 SELECT e.id, count(*) AS n FROM exp_ev e JOIN got_ev g ON g.seq = e.seq GROUP BY e.id
                 UNION ALL
+                -- an event whose "other" was nulled (NUL, nesting) lost its seq: found by its time
+                SELECT e.id, count(*) FROM exp_ev e JOIN got_ev g ON g.seq IS NULL
+                    AND g.time_us = e.time_us AND g.eventname = e.eventname GROUP BY e.id
+                UNION ALL
                 SELECT d.id, count(*) FROM exp_dl d JOIN shipper_dead_letter x
                     ON x.file_key = d.file_key AND x.line_offset = d.off AND x.raw = d.raw GROUP BY d.id
             ) h GROUP BY id""")
@@ -332,8 +337,9 @@ def check(dsn: str, ledger: Ledger, optional: Ledger | None = None,
               FROM expected e LEFT JOIN hits h USING (id)""").fetchone()
         assert row is not None
         out.arrived, out.duplicates, out.lost, out.window_lost = (int(v) for v in row)
-        extra_events = ("SELECT g.seq FROM got_ev g"
-                        " WHERE NOT EXISTS (SELECT 1 FROM exp_ev e WHERE e.seq = g.seq)")
+        extra_events = ("SELECT g.seq, g.eventname, g.time_us FROM got_ev g"
+                        " WHERE NOT EXISTS (SELECT 1 FROM exp_ev e WHERE e.seq = g.seq OR (g.seq IS NULL"
+                        " AND e.time_us = g.time_us AND e.eventname = g.eventname))")
         extra_dead = """SELECT x.file_key, x.line_offset, x.reason FROM shipper_dead_letter x
             WHERE NOT EXISTS (SELECT 1 FROM exp_dl d WHERE d.file_key = x.file_key
                               AND d.off = x.line_offset AND d.raw = x.raw)"""
