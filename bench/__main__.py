@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import catchup, data, live, procstat, profile, report
+from . import catchup, data, live, procstat, profile, report, shipper_run
 from . import server as srv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,6 +28,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=1_000_000, help="events in the spool (default 1,000,000)")
     p.add_argument("--repeat", type=int, default=3, help="runs of each method (default 3)")
+    p.add_argument("--methods", default="shipper,csv,text,sync,async",
+                   help="catch-up methods: shipper, csv and text (psql \\copy), sync and async (the seed)")
+    p.add_argument("--shipper-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a shipper setting for the catch-up runs only (experiments; repeatable)")
     p.add_argument("--sync-events", type=int, default=20_000, help="slice for the seed's sync mode")
     p.add_argument("--async-events", type=int, default=200_000, help="slice for the seed's async mode")
     p.add_argument("--live-rates", default="1000,10000", help="writer rates, events/s (comma-separated)")
@@ -43,12 +47,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="use this server (default $BENCH_DSN; else a throwaway one is started)")
     p.add_argument("--fast", action="store_true",
                    help="throwaway server with fsync=off, full_page_writes=off (default: durable)")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before each run wait up to SECONDS for the machine to be idle (shared machines)")
+    p.add_argument("--shipper-source", type=Path, metavar="DIR",
+                   help="run the shipper from this checkout (e.g. a git worktree of an older commit)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--start-date", help="UTC day the spool starts (default yesterday)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     args = p.parse_args(argv)
     args.out = args.out.resolve()
+    if args.shipper_source:
+        shipper_run.SOURCE = args.shipper_source.resolve()
     args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
+    args.methods = [x.strip() for x in args.methods.split(",") if x.strip()]
+    args.shipper_set = dict(item.split("=", 1) for item in args.shipper_set)
     unknown = set(args.phases) - set(PHASES)
     if unknown:
         p.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
@@ -110,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         if "live" in args.phases:
             results["live"] = []
             for rate in [float(r) for r in args.live_rates.split(",") if r]:
+                quiet(args)
                 log(f"live tail at {rate:,.0f} events/s for {args.live_seconds:.0f} s ...")
                 res = live.live_tail(server, work, rate, args.live_seconds, args.live_tick)
                 log(f"  latency ms {_lat(res.latency_ms)}; shipper CPU "
@@ -118,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 _save(out_json, results)
             sections.append(live_section(results["live"]))
         if "idle" in args.phases:
+            quiet(args)
             log(f"idle: {args.idle_files} shipped files, {args.idle_seconds:.0f} s ...")
             res_idle = live.idle(server, work, args.idle_files, args.idle_seconds, args.idle_settle)
             log(f"  CPU {res_idle.cpu * 100:.3f}% of a core, {res_idle.wakeups_per_s:.1f} wake-ups/s")
@@ -126,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             _save(out_json, results)
         if "backlog" in args.phases:
             big = data.spool(args.out, args.backlog_events, args.seed, start, log)
+            quiet(args)
             log(f"backlog: catching up {big.count:,} events ({big.nbytes / 1e9:.1f} GB) ...")
             run = catchup.shipper(server, big, work, method="shipper (backlog)", sample_rss=0.5)
             log(f"  {run.rate:,.0f} events/s, peak RSS {run.peak_rss_kib / 1024:.0f} MB")
@@ -142,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def quiet(args: argparse.Namespace) -> None:
+    if args.wait_quiet > 0:
+        busy = procstat.wait_quiet(args.wait_quiet)
+        if busy >= 0.3:
+            log(f"  the machine is still busy ({busy:.2f} cores): measuring anyway")
+
+
 def _save(path: Path, results: dict[str, Any]) -> None:
     path.write_text(json.dumps(results, indent=1, default=str))
 
@@ -153,19 +175,24 @@ def _lat(lat: dict[str, float]) -> str:
 def phase_catchup(args: argparse.Namespace, server: srv.Server, spool: data.Spool, csv_path: Path,
                   text_path: Path, work: Path) -> list[report.Run]:
     """Every method once per repeat, interleaved, so drift in the machine's load hits them alike."""
-    sync_params = data.insert_params(text_path, args.sync_events)
-    async_params = data.insert_params(text_path, args.async_events)
+    sync_params = data.insert_params(text_path, args.sync_events if "sync" in args.methods else 0)
+    async_params = data.insert_params(text_path, args.async_events if "async" in args.methods else 0)
+    shipper_name = "shipper" + "".join(f" ({k}={v})" for k, v in args.shipper_set.items())
     runs: list[report.Run] = []
     checksums: dict[str, int] = {}
     for i in range(args.repeat):
         steps = [
-            ("shipper", lambda: catchup.shipper(server, spool, work)),
-            ("psql \\copy (csv)", lambda: catchup.copy(server, csv_path, spool.count, "csv")),
-            ("psql \\copy (text)", lambda: catchup.copy(server, text_path, spool.count, "text")),
-            ("seed sync", lambda: catchup.seed_sync(server, sync_params)),
-            ("seed async", lambda: catchup.seed_async(server, async_params)),
+            ("shipper", lambda: catchup.shipper(server, spool, work, method=shipper_name,
+                                                settings=args.shipper_set)),
+            ("csv", lambda: catchup.copy(server, csv_path, spool.count, "csv")),
+            ("text", lambda: catchup.copy(server, text_path, spool.count, "text")),
+            ("sync", lambda: catchup.seed_sync(server, sync_params)),
+            ("async", lambda: catchup.seed_async(server, async_params)),
         ]
         for name, step in steps:
+            if name not in args.methods:
+                continue
+            quiet(args)
             log(f"run {i + 1}/{args.repeat}: {name} ... (load {procstat.load_average()})")
             run = step()
             runs.append(run)
@@ -186,6 +213,7 @@ def phase_indexes(args: argparse.Namespace, server: srv.Server, spool: data.Spoo
         for i in range(args.repeat):
             for order in ("asc", "desc"):
                 server.set_indexes(seed_order=order == "desc")
+                quiet(args)
                 log(f"indexes {order}, run {i + 1}/{args.repeat}: psql \\copy (csv) ...")
                 run = catchup.copy(server, csv_path, spool.count, "csv", method=f"\\copy, time {order}")
                 log(f"  {run.rate:,.0f}/s")
@@ -197,8 +225,9 @@ def phase_indexes(args: argparse.Namespace, server: srv.Server, spool: data.Spoo
 
 
 def catchup_section(runs: list[report.Run]) -> str:
+    mine = next((m for m in report.by_method(runs) if m.startswith("shipper")), "shipper")
     ratio_rows = [[f"shipper / {name}", f"**{value:.2f}x**"] for name, value in report.ratios(
-        runs, "shipper", [r.method for r in runs if r.method != "shipper"])]
+        runs, mine, [m for m in report.by_method(runs) if m != mine])]
     return ("## Catch-up: the same rows, the same table and indexes\n\n" + report.catchup_table(runs)
             + "\n\n" + report.table(["ratio (median events/s)", "value"], ratio_rows))
 
@@ -229,19 +258,26 @@ def live_section(res: list[dict[str, Any]]) -> str:
         rows.append([f"{r['rate']:,.0f}", f"{r['written']:,}", f"{lat['p50']:,.0f}", f"{lat['p90']:,.0f}",
                      f"{lat['p99']:,.0f}", f"{lat['max']:,.0f}", f"{r['shipper_cpu'] * 100:.1f}%",
                      report.fmt(r["server_cpu"] and r["server_cpu"] * 100, ".1f") + "%",
-                     f"{r['writer_cpu'] * 100:.1f}%", f"{r['peak_rss_kib'] / 1024:.0f}"])
+                     f"{r['writer_cpu'] * 100:.1f}%", f"{r['peak_rss_kib'] / 1024:.0f}",
+                     f"{_live_others(r):.2f}"])
     return ("## Live tail (default settings)\n\n"
             + report.table(["events/s", "events", "p50 ms", "p90 ms", "p99 ms", "max ms",
-                            "shipper CPU (one core)", "server CPU", "writer CPU", "shipper peak RSS MB"],
+                            "shipper CPU (one core)", "server CPU", "writer CPU", "shipper peak RSS MB",
+                            "others' load (cores)"],
                            rows)
             + f"\n\nLatency: {res[0]['method']}.")
 
 
+def _live_others(r: dict[str, Any]) -> float:
+    return max(0.0, r["machine_busy"] - r["shipper_cpu"] - (r["server_cpu"] or 0) - r["writer_cpu"])
+
+
 def idle_section(r: dict[str, Any]) -> str:
     return ("## Idle\n\n" + report.table(
-        ["shipped files", "seconds", "shipper CPU (one core)", "wake-ups/s", "open fds", "RSS MB"],
+        ["shipped files", "seconds", "shipper CPU (one core)", "wake-ups/s", "open fds", "RSS MB",
+         "others' load (cores)"],
         [[r["files"], f"{r['seconds']:.0f}", f"{r['cpu'] * 100:.3f}%", f"{r['wakeups_per_s']:.1f}",
-          r["open_fds"], f"{r['rss_kib'] / 1024:.0f}"]]))
+          r["open_fds"], f"{r['rss_kib'] / 1024:.0f}", f"{r['others']:.2f}"]]))
 
 
 def backlog_section(run: report.Run, catchups: list[dict[str, Any]] | None) -> str:

@@ -51,13 +51,15 @@ class Measure:
 
 
 def shipper(server: Server, spool: Spool, work: Path, method: str = "shipper",
-            sample_rss: float = 0.0, prefix: list[str] | None = None) -> Run:
-    """The shipper catching up the whole spool: ``run --exit-when-caught-up``, default settings.
+            sample_rss: float = 0.0, prefix: list[str] | None = None,
+            settings: dict[str, str] | None = None) -> Run:
+    """The shipper catching up the whole spool: ``run --exit-when-caught-up``, default settings
+    (unless ``settings`` says otherwise, for experiments).
 
     spool.delete_shipped is off so the cached spool survives (deleting is one unlink per hourly file).
     """
     setup = shipper_run.ShipperSetup(work / "shipper", spool.dir, server.dsn,
-                                     {"spool.delete_shipped": False})
+                                     {"spool.delete_shipped": False, **(settings or {})})
     server.reset()
     measure = Measure(server)
     started = time.monotonic()

@@ -158,6 +158,7 @@ class Idle:
     open_fds: int
     rss_kib: int
     load: str
+    others: float  # cores used by everything but the shipper (and the server) meanwhile
 
 
 def idle(server: Server, work: Path, files: int, seconds: float, settle: float = 15.0,
@@ -189,12 +190,16 @@ def idle(server: Server, work: Path, files: int, seconds: float, settle: float =
         _wait_for(shipped, 120, "the idle spool to be shipped")
         time.sleep(settle)  # past a rescan and housekeeping, so the figures are those of a quiet day
         cpu0, ctx0 = procstat.process_cpu(proc.pid), procstat.context_switches(proc.pid)
+        machine0, server0 = procstat.MachineCpu.now(), server.cpu() or 0.0
         began = time.monotonic()
         time.sleep(seconds)
         wall = time.monotonic() - began
         cpu1, ctx1 = procstat.process_cpu(proc.pid), procstat.context_switches(proc.pid)
+        machine, server1 = procstat.MachineCpu.now() - machine0, server.cpu() or 0.0
         fds = len(list(Path(f"/proc/{proc.pid}/fd").iterdir()))
         rss = procstat.rss_kib(proc.pid)[0]
     finally:
         shipper_run.stop(proc)
-    return Idle(files, wall, (cpu1 - cpu0) / wall, (ctx1 - ctx0) / wall, fds, rss, procstat.load_average())
+    others = max(0.0, machine.busy - (cpu1 - cpu0) - (server1 - server0)) / wall
+    return Idle(files, wall, (cpu1 - cpu0) / wall, (ctx1 - ctx0) / wall, fds, rss, procstat.load_average(),
+                others)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -94,6 +95,19 @@ class MachineCpu:
 
     def __sub__(self, other: MachineCpu) -> MachineCpu:
         return MachineCpu(self.busy - other.busy, self.total - other.total)
+
+
+def wait_quiet(limit: float, busy_below: float = 0.3, window: float = 1.0) -> float:
+    """Wait up to ``limit`` seconds for the machine to be quiet (under ``busy_below`` cores busy over
+    ``window`` seconds); return the busy cores of the last window."""
+    deadline = time.monotonic() + limit
+    while True:
+        before = MachineCpu.now()
+        time.sleep(window)
+        used = MachineCpu.now() - before
+        busy = used.busy / window
+        if busy < busy_below or time.monotonic() >= deadline:
+            return busy
 
 
 def load_average() -> str:

@@ -17,11 +17,17 @@ from shipper.pgtemp import free_port
 
 from . import procstat
 
+# Another checkout of the shipper to run instead of the installed one (bench/run --shipper-source),
+# for before/after comparisons: "python -m shipper" run from that directory imports its package.
+SOURCE: Path | None = None
+
 
 def command() -> list[str]:
     """``moodle-tsdb-shipper`` next to this Python (the venv's console script), else ``python -m shipper``."""
     script = Path(sys.executable).parent / "moodle-tsdb-shipper"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "shipper"]
+    if SOURCE is None and script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "shipper"]
 
 
 @dataclass
@@ -63,7 +69,8 @@ class ShipperSetup:
 
     def start(self, *args: str, prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
         with open(self.log, "ab") as log:
-            return subprocess.Popen([*(prefix or []), *self.argv(*args)], stdout=log, stderr=log)
+            return subprocess.Popen([*(prefix or []), *self.argv(*args)], stdout=log, stderr=log,
+                                    cwd=SOURCE)
 
 
 def _toml(value: Any) -> str:
