@@ -73,6 +73,19 @@ def shipper(server: Server, spool: Spool, work: Path, method: str = "shipper",
     return run
 
 
+def startup(server: Server, work: Path) -> float:
+    """Wall seconds of a catch-up with nothing to ship: start-up (imports, connection, schema check,
+    offsets) and exit, included in every shipper run's time."""
+    empty = work / "empty-spool"
+    empty.mkdir(exist_ok=True)
+    setup = shipper_run.ShipperSetup(work / "shipper-empty", empty, server.dsn)
+    started = time.monotonic()
+    done = shipper_run.wait(setup.start("--exit-when-caught-up"), started)
+    if done.returncode != 0:
+        raise RuntimeError(f"the shipper failed ({done.returncode}): see {setup.log}")
+    return done.seconds
+
+
 def copy(server: Server, path: Path, events: int, fmt: str = "csv", method: str | None = None) -> Run:
     """``psql \\copy`` of a pre-converted file (CSV, or COPY text: the shipper's exact bytes)."""
     server.reset()
