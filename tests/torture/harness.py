@@ -558,27 +558,30 @@ class Proxy:
             self._close(pair, reset=True)
         return len(pairs)
 
-    def stall(self) -> int:
-        """Blackhole every open connection and, until heal(), every new one."""
+    def stall(self) -> list[_Pair]:
+        """Blackhole every open connection and, until heal(), every new one; return those that were
+        live (not the ones an earlier stall already froze)."""
         self.stalling = True
         with self._lock:
+            live = [p for p in self.pairs if not p.stalled]
             for pair in self.pairs:
                 pair.stalled = True
-            return len(self.pairs)
+            return live
 
     def heal(self) -> None:
         """Serve new connections again; the stalled ones stay dead (the client must notice)."""
         self.stalling = False
 
-    def stalled_open(self) -> int:
-        """Stalled connections the client still holds open (it closes them once it notices).
+    def stalled_open(self, among: list[_Pair] | None = None) -> int:
+        """Stalled connections (of ``among``, or all) the client still holds open: it closes them
+        once it notices.
 
         What the client sent into the blackhole is read and thrown away here, so that its close
         (an end of file behind those bytes) can be seen.
         """
         count = 0
         with self._lock:
-            pairs = [p for p in self.pairs if p.stalled]
+            pairs = [p for p in (self.pairs if among is None else among) if p.stalled and not p.closed]
         for pair in pairs:
             try:
                 pair.client.setblocking(False)

@@ -24,7 +24,7 @@ from conftest import Shipper, count_rows, event, line, wait_for
 from .harness import Background, Ledger, Line, Probe, SpoolWriter, check
 
 SIZES: dict[str, dict[str, int]] = {
-    "short": {"events": 30_000, "kills": 16, "rate": 6_000},
+    "short": {"events": 16_000, "kills": 8, "rate": 6_000},
     "long": {"events": int(os.environ.get("SHIPPER_TORTURE_EVENTS", "1000000")),
              "kills": int(os.environ.get("SHIPPER_TORTURE_KILLS", "200")), "rate": 3_500},
 }

@@ -118,7 +118,7 @@ def _blank(raw: bytes, offset: int) -> bool:
     return not raw or raw.isspace()
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(st.lists(lines, min_size=1, max_size=8))
 def test_parser_never_raises_and_accounts_for_every_line(batch: list[bytes]) -> None:
     _check_parse(batch)
@@ -136,7 +136,7 @@ def copy_conn(initdb: str) -> Any:
         yield conn
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.one_of(events.map(_encode), nested), min_size=1, max_size=8))
 def test_postgresql_accepts_every_row_the_parser_makes(copy_conn: psycopg.Connection,
                                                        batch: list[bytes]) -> None:

@@ -26,7 +26,7 @@ from conftest import Shipper, count_rows, wait_for
 from .harness import Background, Ledger, SpoolWriter, check, fd_targets
 
 SIZES: dict[str, dict[str, int]] = {
-    "short": {"spool_bytes": 4 * 1024 * 1024, "files": 600, "state_seconds": 3, "perm_cycles": 1},
+    "short": {"spool_bytes": 2 * 1024 * 1024, "files": 200, "state_seconds": 1, "perm_cycles": 1},
     "long": {"spool_bytes": 100 * 1024 * 1024, "files": 10_000, "state_seconds": 30, "perm_cycles": 10},
 }
 
@@ -222,10 +222,10 @@ def test_spool_directory_loses_and_regains_read_permission(shipper: Shipper, lev
                 locked = shipper.spool / f"locked-{cycle:03d}-{mode:o}.jsonl"
                 writer.events(locked, 10)
                 locked.chmod(0)
-                time.sleep(1.5)
+                time.sleep(0.6 if level == "short" else 1.0)
                 assert shipper.proc is not None and shipper.proc.poll() is None, "the shipper exited"
                 shipper.spool.chmod(0o755)
-                time.sleep(1.0)  # the directory is back, this one file is not yet
+                time.sleep(0.5)  # the directory is back, this one file is not yet
                 locked.chmod(0o644)
                 back, target = time.monotonic(), len(ledger.seqs)
                 wait_for(lambda: count_rows(shipper.dsn) >= target, timeout=60,  # noqa: B023

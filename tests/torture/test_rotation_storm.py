@@ -26,7 +26,7 @@ from .harness import Background, Ledger, SpoolWriter, check, fd_targets, scan_sp
 
 LOGROTATE = shutil.which("logrotate") or ("/usr/sbin/logrotate" if os.path.exists("/usr/sbin/logrotate")
                                           else None)
-SECONDS = {"short": 3.0, "long": float(os.environ.get("SHIPPER_TORTURE_ROTATION_SECONDS", "180"))}
+SECONDS = {"short": 1.5, "long": float(os.environ.get("SHIPPER_TORTURE_ROTATION_SECONDS", "180"))}
 RATE = 2500  # events a second
 
 

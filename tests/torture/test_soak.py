@@ -35,7 +35,7 @@ from .harness import (
 )
 
 SIZES: dict[str, dict[str, float]] = {
-    "short": {"seconds": 20, "sample_every": 1, "fault_every": 3.5, "rate": 400, "file_every": 2},
+    "short": {"seconds": 12, "sample_every": 1, "fault_every": 2.5, "rate": 400, "file_every": 2},
     "long": {"seconds": float(os.environ.get("SHIPPER_TORTURE_SOAK_SECONDS", "3600")), "sample_every": 60,
              "fault_every": 60, "rate": 500, "file_every": 30},
 }
@@ -50,7 +50,7 @@ def test_soak(shipper: Shipper, pg_server: Server, level: str, figures: dict[str
     params = psycopg.conninfo.conninfo_to_dict(shipper.dsn)
     params.update(host="127.0.0.1", port=proxy.port)
     shipper.write_config(**{"database.dsn": psycopg.conninfo.make_conninfo(**params),
-                            "database.statement_timeout": 2.0, "database.connect_timeout": 2.0,
+                            "database.statement_timeout": 1.0, "database.connect_timeout": 2.0,
                             "spool.delete_grace": 2.0, "buffer.batch_size": 2000,
                             "buffer.flush_interval": 0.5})
     ledger = Ledger()
