@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import threading
 import time
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRYABLE = (psycopg.Error, OSError, SchemaError)
 STATE_SAVE_INTERVAL = 2.0
+SESSION_FILE = "session.json"  # the database session in use, for the next process (sink.timescale)
 STATUS_INTERVAL = 5.0
 
 
@@ -70,7 +72,7 @@ class Daemon:
         self.stop_deadline: float | None = None
         self.reload_requested = False
         self.sink = Sink(config.conninfo(), config.source_id, config.database.statement_timeout,
-                         config.redacted_dsn())
+                         config.redacted_dsn(), os.path.join(config.state.dir, SESSION_FILE))
         self.tailer: Tailer | None = None
         self.watcher = SpoolWatcher(config.spool.dir, self.wake)
         self.batch = Batch()

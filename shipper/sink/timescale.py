@@ -10,9 +10,11 @@ savepoints that split it in halves until the rows the database rejects are isola
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -121,9 +123,12 @@ class Sink:
 
     :param conninfo: libpq connection string (with the password: never log it).
     :param source_id: the checkpoints this shipper owns.
+    :param session_file: where the server session in use is noted (in the state directory), so that
+        the next process can end it if it outlives this one (see _evict_abandoned).
     """
 
-    def __init__(self, conninfo: str, source_id: str, statement_timeout: float, target: str) -> None:
+    def __init__(self, conninfo: str, source_id: str, statement_timeout: float, target: str,
+                 session_file: str | None = None) -> None:
         self.conninfo = conninfo
         self.source_id = source_id
         self.statement_timeout_ms = int(statement_timeout * 1000)
@@ -132,9 +137,14 @@ class Sink:
         self._copy: contextlib.ExitStack | None = None
         self._copy_obj: psycopg.Copy | None = None
         self.guard = ReplyGuard(statement_timeout + REPLY_GRACE)
-        # Our earlier sessions, as (pid, backend_start), that may outlive their dropped connection.
-        self._abandoned: list[tuple[int, object]] = []
-        self._backend: tuple[int, object] | None = None
+        # Our earlier sessions, as (pid, backend_start), that may outlive their dropped connection:
+        # this process's, and the one the previous process noted before it died.
+        self.session_file = session_file
+        self._abandoned: list[tuple[int, str]] = []
+        self._backend: tuple[int, str] | None = None
+        previous = self._read_session_file()
+        if previous is not None:
+            self._abandoned.append(previous)
 
     # -- connection -------------------------------------------------------------------------
 
@@ -160,7 +170,8 @@ class Sink:
                     )
                 row = conn.execute("SELECT pid, backend_start FROM pg_stat_activity"
                                    " WHERE pid = pg_backend_pid()").fetchone()
-                self._backend = (row[0], row[1]) if row else None
+                self._backend = (int(row[0]), row[1].isoformat()) if row else None
+                self._write_session_file()
             conn.autocommit = False
         except BaseException:
             conn.close()
@@ -173,10 +184,11 @@ class Sink:
 
         A connection dropped on our side (the reply guard, a reset through a proxy) can live on in the
         server behind a path that lost it, holding this source's lock and an open transaction: the
-        next connection would wait for it for hours (until the server's keepalives, if ever). Only
-        sessions this process opened are ended, matched by pid and start time; never another
-        shipper's. The lock is taken only once they are gone, so their transactions have ended,
-        committed or not, before the offsets are read again.
+        next connection would wait for it for hours (until the server's keepalives, if ever). So can
+        the session of a previous process killed while stuck (systemd's watchdog fires long before
+        statement_timeout): it is noted in the state directory. Only these sessions are ended,
+        matched by pid and start time; never another shipper's. The lock is taken only once they
+        are gone, so their transactions have ended, committed or not, before the offsets are read.
         """
         if not self._abandoned:
             return
@@ -197,6 +209,36 @@ class Sink:
         except psycopg.errors.InsufficientPrivilege as exc:
             log.warning("cannot end an earlier session of this shipper: %s", exc.diag.message_primary)
         self._abandoned.clear()
+
+    def _read_session_file(self) -> tuple[int, str] | None:
+        if not self.session_file:
+            return None
+        try:
+            with open(self.session_file, encoding="utf-8") as fh:
+                noted = json.load(fh)
+            if noted.get("source_id") == self.source_id:
+                return int(noted["pid"]), str(noted["backend_start"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        return None
+
+    def _write_session_file(self) -> None:
+        if not self.session_file or self._backend is None:
+            return
+        pid, start = self._backend
+        directory = os.path.dirname(self.session_file) or "."
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".session-", dir=directory)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump({"source_id": self.source_id, "pid": pid, "backend_start": start}, fh)
+                os.replace(tmp, self.session_file)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:  # a full or read-only state directory costs only this safety net
+            log.warning("cannot note the database session in %s: %s", directory, exc.strerror)
 
     def close(self) -> None:
         self._copy = None
