@@ -143,6 +143,23 @@ def test_plan_for_an_empty_database_builds_everything_deterministically() -> Non
     assert sql.count("initial_start => now() + INTERVAL '1 hour'") == 4
 
 
+def test_sparse_indexes_are_named_where_timescaledb_can_take_them() -> None:
+    desired = tsdb.Desired.from_config(TimescaleConfig())
+
+    def compression_sql(version: str) -> list[str]:
+        step = next(s for s in tsdb.plan(desired, tsdb.State(version=version))
+                    if s.description.startswith("compression:"))
+        return step.sql
+
+    assert compression_sql("2.28.3")[0].endswith("timescaledb.compress_index = 'bloom(userid)')")
+    assert len(compression_sql("2.28.3")) == 1
+    assert compression_sql("2.21.1") == [  # older: TimescaleDB derives them, as before
+        "ALTER TABLE moodle_events SET (timescaledb.compress, timescaledb.compress_segmentby = 'eventname',"
+        " timescaledb.compress_orderby = 'courseid ASC, time DESC')"]
+    unknown = compression_sql("")  # --print-sql: the server decides when the script runs
+    assert len(unknown) == 2 and unknown[1].startswith("DO $$") and ">= '{2,22}'" in unknown[1]
+
+
 def test_apache_edition_gets_the_hypertable_only() -> None:
     desired = tsdb.Desired.from_config(TimescaleConfig())
     steps = tsdb.plan(desired, tsdb.State(), community=False)

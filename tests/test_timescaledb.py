@@ -75,6 +75,9 @@ def layout(dsn: str) -> dict[str, Any]:
         "compression": query(dsn, "SELECT attname, segmentby_column_index, orderby_column_index, orderby_asc"
                                   " FROM timescaledb_information.compression_settings"
                                   " WHERE hypertable_name = 'moodle_events' ORDER BY 1"),
+        "sparse_index": query(dsn, "SELECT to_jsonb(s)->'index' FROM"
+                                   " timescaledb_information.hypertable_compression_settings s"
+                                   " WHERE hypertable = 'moodle_events'::regclass"),
         "aggregates": query(dsn, "SELECT view_name, materialized_only"
                                  " FROM timescaledb_information.continuous_aggregates ORDER BY 1"),
         "jobs": jobs(dsn),
@@ -111,6 +114,8 @@ def test_init_db_creates_exactly_the_configured_objects(tdb: str) -> None:
     order = {name: (i + 1, asc) for i, (name, asc) in enumerate(tsdb.ORDER_BY)}
     assert got["compression"] == sorted([(n, i, None, None) for n, i in segment.items()]
                                         + [(n, None, i, asc) for n, (i, asc) in order.items()])
+    configured = [e for e in got["sparse_index"][0][0] if e["source"] == "config"]
+    assert configured == [{"type": "bloom", "column": "userid", "source": "config"}]
     assert got["aggregates"] == [("events_by_day_course", False), ("events_by_hour", False)]
     assert [j[:4] for j in got["jobs"]] == [
         ("events_by_day_course", "policy_refresh_continuous_aggregate", "00:30:00",
