@@ -234,6 +234,8 @@ def init_db(conn: psycopg.Connection, settings: TimescaleConfig | None = None,
                     _execute(conn, statement, step.description)
                 applied.append(step.description)
             skipped += tsdb.policies_off(desired) if community else tsdb.apache_skipped(desired)
+            if not community:
+                mode_text += " (Apache-2 edition: the hypertable only)"
         else:
             if ext.installed and ext.preloaded and tsdb.read_state(conn).hypertable:
                 mode_text = f'TimescaleDB {ext.installed}, left as it is (timescaledb.enabled = "off")'
