@@ -224,7 +224,7 @@ def test_real_logrotate_every_second_under_load(shipper: Shipper, tmp_path: Path
             present.append(int(raw.split(b'"seq":')[1].split(b"}")[0]))
     if mode == "create":
         assert sorted(present) == list(range(total))
-    wait_for(lambda: count_rows(shipper.dsn) >= len(present), timeout=60, what="the spool to ship")
+    wait_for(lambda: set(present) <= set(seqs(shipper.dsn)), timeout=60, what="the spool to ship")
     time.sleep(1)
     assert shipper.stop() == 0
     got = seqs(shipper.dsn)
@@ -232,7 +232,8 @@ def test_real_logrotate_every_second_under_load(shipper: Shipper, tmp_path: Path
     if mode == "create":
         assert got == list(range(total))
     else:
-        # copytruncate loses, by its own design, lines written between its copy and its truncate;
-        # everything that survived in the spool arrived exactly once, and nothing else.
-        assert got == sorted(set(present))
+        # copytruncate loses, by its own design, lines written between its copy and its truncate,
+        # unless the shipper read them from the original before the truncate. Everything that
+        # survived in the spool arrived exactly once, and nothing that was never written.
+        assert set(present) <= set(got) <= set(range(total))
         assert len(got) > total * 0.9
