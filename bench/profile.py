@@ -76,9 +76,15 @@ def summarize(raw: Path, top: int = 15) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Anywhere in the stack: the sample belongs to start-up or exit, whatever it waits for.
+EDGES = ("Daemon._shutdown ", "_find_and_load ", "load_config ", "Sink.connect ", "load_checkpoints ")
+
+
 def _stage(frames: list[str]) -> str:
+    if any(edge in frame for frame in frames for edge in EDGES):
+        return "start-up (imports, config, connection) and exit"
     for frame in reversed(frames):
         for name, marks in STAGES:
             if any(mark in frame for mark in marks):
                 return name
-    return "start-up, loop and exit"
+    return "the main loop itself"
