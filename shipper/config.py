@@ -203,7 +203,7 @@ class DatabaseConfig:
     password: str = _setting("", _parse_str, "password (prefer password_file or the environment)")
     password_file: str = _setting("", _parse_str, "file whose first line is the password")
     connect_timeout: float = _setting(10.0, _parse_seconds, "seconds to wait for a connection")
-    statement_timeout: float = _setting(300.0, _parse_seconds, "a stalled statement is cancelled")
+    statement_timeout: float = _setting(20.0, _parse_seconds, "a stalled statement is cancelled")
     application_name: str = _setting("moodle-tsdb-shipper", _parse_str, "shown in pg_stat_activity")
 
 

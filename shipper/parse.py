@@ -116,10 +116,18 @@ def _to_int(value: Any, bounds: tuple[int, int]) -> Any:
     return number if bounds[0] <= number <= bounds[1] else _BAD
 
 
+# Longest text kept in a column: Moodle's own log table has at most varchar(255) for these, and the
+# indexes on (time, eventname) and (time, component, action) must stay under PostgreSQL's b-tree limit
+# of about 2700 bytes per entry (255 characters are at most 1020 bytes of UTF-8).
+MAX_TEXT_CHARS = 255
+
+
 def _to_text(value: Any) -> Any:
     kind = type(value)
     if kind is str:
-        return _BAD if "\x00" in value else _copy_text(value)
+        if "\x00" in value or len(value) > MAX_TEXT_CHARS:
+            return _BAD
+        return _copy_text(value)
     if value is None:
         return None
     if kind is int or kind is float:
@@ -251,9 +259,9 @@ class Parser:
                 if name is None or name == "":
                     out.dead.append(DeadLetter(offset, MISSING_EVENTNAME, "no eventname", raw, len(raw)))
                     continue
-                if type(name) is not str or "\x00" in name:
-                    out.dead.append(DeadLetter(offset, INVALID_EVENTNAME, "eventname is not a string",
-                                               raw, len(raw)))
+                if type(name) is not str or "\x00" in name or len(name) > MAX_TEXT_CHARS:
+                    out.dead.append(DeadLetter(offset, INVALID_EVENTNAME, "eventname is not a string "
+                                               f"of at most {MAX_TEXT_CHARS} characters", raw, len(raw)))
                     continue
                 name_text = text(name, "eventname", nulled)
 

@@ -138,3 +138,13 @@ def test_any_bytes_become_a_row_a_dead_letter_or_a_blank_line(raw: bytes) -> Non
     raw = raw.replace(b"\n", b"")
     out = Parser().parse([raw], [0])
     assert len(out.rows) + len(out.dead) + out.blank == 1
+
+
+def test_over_long_texts_are_nulled_and_an_over_long_eventname_is_a_dead_letter() -> None:
+    limit = parse.MAX_TEXT_CHARS
+    for column in ("component", "action", "target", "objecttable", "origin"):
+        out = one({**EVENT, column: "é" * (limit + 1)})
+        assert out.nulled == {column: 1} and len(out.rows) == 1
+        assert fields({**EVENT, column: "é" * limit})[column] == "é" * limit
+    out = one({**EVENT, "eventname": "\\x" * limit})
+    assert [d.reason for d in out.dead] == [parse.INVALID_EVENTNAME]
