@@ -289,16 +289,17 @@ def test_a_version_1_database_is_upgraded_in_place(db: str) -> None:
     assert query(db, "SELECT version FROM shipper_schema_version") == [(1,)]
 
 
-def test_two_init_db_at_once_both_succeed_and_apply_once(db: str) -> None:
+def init_db_twice_at_once(dsn: str, settings: TimescaleConfig, timeout: float) -> list[schema.Report]:
+    """Run two init-db on ``dsn`` released at the same instant; fail on any error either raised."""
     reports: list[schema.Report] = []
     errors: list[BaseException] = []
     barrier = threading.Barrier(2)
 
     def run() -> None:
         try:
-            with connect(db) as conn:
+            with connect(dsn) as conn:
                 barrier.wait()
-                reports.append(schema.init_db(conn, PLAIN))
+                reports.append(schema.init_db(conn, settings))
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
@@ -306,8 +307,13 @@ def test_two_init_db_at_once_both_succeed_and_apply_once(db: str) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(timeout)
     assert errors == []
+    return reports
+
+
+def test_two_init_db_at_once_both_succeed_and_apply_once(db: str) -> None:
+    reports = init_db_twice_at_once(db, PLAIN, timeout=60)
     assert sorted(len(r.applied) for r in reports) == [0, 1]
     assert query(db, "SELECT version FROM shipper_schema_version") == [(1,)]
 

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 import pytest
-from test_schema import build_version_1, connect, copy_events
+from test_schema import build_version_1, connect, copy_events, init_db_twice_at_once
 
 from conftest import Server, Shipper, append, count_rows, event, line, query, seqs, wait_for
 from shipper.config import TimescaleConfig
@@ -206,24 +206,7 @@ def test_a_version_1_database_becomes_a_hypertable_with_its_rows(tdb: str) -> No
 
 
 def test_two_init_db_at_once_on_timescaledb(tdb: str) -> None:
-    reports: list[schema.Report] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(2)
-
-    def run() -> None:
-        try:
-            with connect(tdb) as conn:
-                barrier.wait()
-                reports.append(schema.init_db(conn, DEFAULTS))
-        except BaseException as exc:  # reported by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert errors == []
+    reports = init_db_twice_at_once(tdb, DEFAULTS, timeout=120)
     assert sorted(len(r.applied) for r in reports)[0] == 0
     got = layout(tdb)
     assert len(got["jobs"]) == 4 and len(got["aggregates"]) == 2 and len(got["hypertables"]) == 1
