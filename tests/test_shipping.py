@@ -49,6 +49,19 @@ def test_a_new_file_ships_and_appends_while_running_follow(shipper: Shipper) -> 
                        str(shipper.spool / "other.jsonl"): (shipper.spool / "other.jsonl").stat().st_size}
 
 
+def test_a_backlog_of_files_is_sent_oldest_file_first_in_time_order(shipper: Shipper) -> None:
+    """Rows reach the table in time order, so the indexes on time take every row at the right edge."""
+    shipper.write_config(**{"spool.read_bytes": 4096, "buffer.batch_size": 5000})
+    for hour in range(3):
+        path = shipper.spool / f"moodle-events-20261204{10 + hour:02d}-web1.jsonl"
+        append_events(path, hour * 300, 300)
+        os.utime(path, (1_764_000_000 + hour * 3600,) * 2)
+    shipper.catch_up()
+    in_table_order = [r[0] for r in query(shipper.dsn, "SELECT (other->>'seq')::int FROM moodle_events"
+                                                       " ORDER BY ctid")]
+    assert in_table_order == list(range(900))
+
+
 def test_restart_resumes_without_duplicates(shipper: Shipper) -> None:
     path = shipper.spool / "a.jsonl"
     append_events(path, 0, 400)
