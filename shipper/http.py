@@ -8,6 +8,7 @@ from shipper.health, the exposition from prometheus_client (never written by han
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import threading
@@ -29,6 +30,32 @@ INDEX = b"""moodle-tsdb-shipper
 /readyz   200 while shipping (or nothing to ship), else 503 with the reason
 """
 
+POLL_INTERVAL = 0.5  # the serving thread's idle wake-ups (2/s); stop() does not wait for them
+WAKE_TIMEOUT = 0.25  # for stop()'s wake-up connection; past it the poll ends the loop anyway
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that stop() can end at once.
+
+    socketserver's shutdown() only raises a private flag that serve_forever reads when its select()
+    returns, i.e. at the next poll (up to 0.5 s added to every SIGTERM and exit). Here the serving loop
+    is ``handle_request()`` while not ``stopping`` (a public flag, set before the wake-up so it cannot be
+    missed), and stop() wakes the select() with a connection to the server's own address.
+    """
+
+    daemon_threads = True
+    timeout = POLL_INTERVAL  # handle_request() returns after this long without a client
+    stopping = False
+
+    def verify_request(self, request: object, client_address: object) -> bool:
+        """Once stopping, close whatever is accepted (stop()'s wake-up, a late scrape) unanswered."""
+        return not self.stopping
+
+    def serve_until_stopped(self) -> None:
+        """serve_forever, but ending on a flag stop() sets without blocking (shutdown() blocks)."""
+        while not self.stopping:
+            self.handle_request()
+
 
 class MetricsServer:
     """Serves one registry and two checks on ``listen`` ("HOST:PORT", "[v6]:PORT").
@@ -42,7 +69,7 @@ class MetricsServer:
         self.registry = registry
         self.liveness = liveness
         self.readiness = readiness
-        self.server: ThreadingHTTPServer | None = None
+        self.server: _Server | None = None
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -53,8 +80,7 @@ class MetricsServer:
         host, port = split_listen(self.listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         handler = type("Handler", (_Handler,), {"endpoint": self})
-        server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family,
-                                                               "daemon_threads": True})
+        server_class = type("Server", (_Server,), {"address_family": family})
         try:
             self.server = server_class((host, port), handler)
         except OSError as exc:
@@ -66,8 +92,8 @@ class MetricsServer:
                 why = exc.strerror or str(exc)
             raise ShipperError(f"metrics.listen = {self.listen!r}: cannot listen: {why}; choose "
                                "another address, or set it to \"off\"") from None
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.5},
-                                       name="metrics-http", daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_until_stopped, name="metrics-http",
+                                       daemon=True)
         self.thread.start()
         log.info("serving /metrics, /healthz and /readyz on http://%s/", self.listen)
 
@@ -78,13 +104,36 @@ class MetricsServer:
         return int(self.server.server_address[1])
 
     def stop(self) -> None:
-        if self.server is None:
+        """Stop serving and release the address, in milliseconds rather than at the next poll.
+
+        Every SIGTERM and ``run --exit-when-caught-up`` waits for this, and a new server may bind the same
+        address right after. If the wake-up connection fails, the loop still ends within POLL_INTERVAL.
+        """
+        server, thread = self.server, self.thread
+        if server is None:
             return
-        self.server.shutdown()
-        self.server.server_close()
-        if self.thread is not None:
-            self.thread.join(timeout=5)
-        self.server = None
+        self.server = self.thread = None
+        server.stopping = True
+        _wake(server)
+        if thread is not None:
+            thread.join(timeout=4 * POLL_INTERVAL)
+        server.server_close()
+
+
+def _wake(server: _Server) -> None:
+    """Connect to the server's own address so its select() returns now (loopback for 0.0.0.0 or ::).
+
+    The connection is only opened and closed: verify_request turns it away, nothing is logged.
+    """
+    host, port, *v6 = server.server_address  # v6: flowinfo and scope id, kept for link-local addresses
+    try:
+        if ipaddress.ip_address(str(host)).is_unspecified:
+            host = "::1" if server.address_family == socket.AF_INET6 else "127.0.0.1"
+        with socket.socket(server.address_family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(WAKE_TIMEOUT)
+            sock.connect((host, port, *v6))
+    except (OSError, ValueError) as exc:
+        log.debug("could not wake the metrics server (%s); it stops at its next poll", exc)
 
 
 def split_listen(listen: str) -> tuple[str, int]:
