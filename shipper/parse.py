@@ -1,9 +1,12 @@
 """Turn spool lines into rows for COPY into moodle_events, or into dead letters; pure, no I/O.
 
-This is the per-line hot path: one orjson.loads per line, then a fixed walk over the columns that
-builds the row directly in PostgreSQL's COPY text format, so nothing is converted twice. A value that
-cannot be stored in its column becomes NULL and is counted by field name; a line that cannot be an
-event at all becomes a dead letter with a reason an operator can read.
+This is the per-line hot path: one msgspec decode per line straight into the fields the table
+stores (no dict; unknown keys are skipped; ``other`` is kept as its raw JSON text, since the jsonb
+column reads JSON text anyway and decoding it only to encode it again was a third of the parse), then a
+fixed walk over the columns that builds the row directly in PostgreSQL's COPY text format. A line
+msgspec rejects is read again with orjson, whose verdict decides whether it is a dead letter and why.
+A value that cannot be stored in its column becomes NULL and is counted by field name; a line that
+cannot be an event at all becomes a dead letter with a reason an operator can read.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
 COLUMNS: tuple[str, ...] = (
@@ -58,8 +62,41 @@ _INT_COLUMNS: tuple[tuple[str, tuple[int, int]], ...] = (
 _INT_TEXT = re.compile(r"\s*[-+]?\d{1,20}\s*")
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
-_NUL_IN_JSON = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_NUL_IN_JSON = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _BAD = object()  # a value present but not storable in its column
+
+
+_NULL_JSON = msgspec.Raw(b"null")
+
+
+class _Event(msgspec.Struct, gc=False):
+    """The keys of a spool line that the table stores, each as whatever JSON value it holds."""
+
+    eventname: Any = None
+    component: Any = None
+    action: Any = None
+    target: Any = None
+    objecttable: Any = None
+    objectid: Any = None
+    crud: Any = None
+    edulevel: Any = None
+    contextid: Any = None
+    contextlevel: Any = None
+    contextinstanceid: Any = None
+    userid: Any = None
+    courseid: Any = None
+    relateduserid: Any = None
+    anonymous: Any = None
+    other: msgspec.Raw = _NULL_JSON
+    timecreated: Any = None
+    timecreated_us: Any = None
+    origin: Any = None
+    ip: Any = None
+    realuserid: Any = None
+
+
+_EVENT_KEYS = frozenset(_Event.__struct_fields__) - {"other"}
+_decode_event = msgspec.json.Decoder(_Event).decode
 
 
 @dataclass(slots=True)
@@ -173,15 +210,13 @@ class _TimeCache:
         return text
 
 
-def _event_time(event: dict[str, Any], nulled: Counter[str]) -> tuple[int, int] | str:
+def _event_time(tc: Any, us: Any, nulled: Counter[str]) -> tuple[int, int] | str:
     """(seconds, microseconds) of the event, or the dead-letter reason when it has no usable time."""
-    tc = event.get("timecreated")
     if tc is None:
         return MISSING_TIMECREATED
     seconds = _to_int(tc, (MIN_EPOCH, MAX_EPOCH))
     if seconds is None or seconds is _BAD:
         return INVALID_TIMECREATED
-    us = event.get("timecreated_us")
     if us is not None:
         micros = _to_int(us, (MIN_EPOCH_US, MAX_EPOCH_US))
         if micros is None or micros is _BAD:
@@ -231,7 +266,7 @@ class Parser:
         seconds_text, time_text = self._times.seconds, self._times.text
         texts, text = self._texts, self._text
         oldest = out.oldest
-        loads, dumps = orjson.loads, orjson.dumps
+        decode, null_json, nul_in_json = _decode_event, _NULL_JSON, _NUL_IN_JSON
         lo64, hi64, lo32, hi32, lo16, hi16 = INT64[0], INT64[1], INT32[0], INT32[1], INT16[0], INT16[1]
         for line, offset in zip(lines, offsets, strict=True):
             raw = line
@@ -240,20 +275,12 @@ class Parser:
             if offset == 0 and line.startswith(BOM):
                 line = line[3:]
             try:
-                event = loads(line)
-            except orjson.JSONDecodeError as exc:
-                if not line or line.isspace():  # only here: such a line is never JSON
-                    out.blank += 1
-                else:
-                    out.dead.append(_invalid(offset, raw, exc))
-                continue
-            if type(event) is not dict:
-                out.dead.append(DeadLetter(offset, NOT_AN_OBJECT,
-                                           f"a JSON {type(event).__name__} where an object is needed",
-                                           raw, len(raw)))
-                continue
-            get = event.get
-            name = get("eventname")
+                event = decode(line)
+            except (msgspec.DecodeError, RecursionError):
+                event = _read_again(line, raw, offset, out)
+                if event is None:
+                    continue
+            name = event.eventname
             name_text = texts.get(name) if type(name) is str else None
             if not name_text:  # not seen before (or "", which is no name)
                 if name is None or name == "":
@@ -265,42 +292,62 @@ class Parser:
                     continue
                 name_text = text(name, "eventname", nulled)
 
-            tc = get("timecreated")
-            us = get("timecreated_us")
+            tc = event.timecreated
+            us = event.timecreated_us
             if (type(us) is int and type(tc) is int and MIN_EPOCH <= tc <= MAX_EPOCH
                     and MIN_EPOCH_US <= us <= MAX_EPOCH_US):
                 seconds, micros = divmod(us, 1_000_000)
             elif us is None and type(tc) is int and MIN_EPOCH <= tc <= MAX_EPOCH:
                 seconds, micros = tc, 0
             else:
-                when = _event_time(event, nulled)
+                when = _event_time(tc, us, nulled)
                 if type(when) is str:
-                    detail = f"timecreated={event.get('timecreated')!r:.80}"
-                    out.dead.append(DeadLetter(offset, when, detail, raw, len(raw)))
+                    out.dead.append(DeadLetter(offset, when, f"timecreated={tc!r:.80}", raw, len(raw)))
                     continue
                 seconds, micros = when  # type: ignore[misc]
+
+            other = event.other
+            if other is null_json:
+                other = "\\N"
+            else:
+                try:
+                    other = str(other, "utf-8")
+                except UnicodeDecodeError:  # msgspec does not check the UTF-8 of what it skips
+                    out.dead.append(_invalid(offset, raw, "other is not UTF-8"))
+                    continue
+                if other == "null":
+                    other = "\\N"
+                elif "\\u0000" in other and nul_in_json.search(other):
+                    # jsonb cannot hold U+0000; the event ships without its "other".
+                    nulled["other"] += 1
+                    other = "\\N"
+                else:
+                    other = other.replace("\\", "\\\\")
+                    if "\t" in other or "\r" in other:  # JSON whitespace that COPY would misread
+                        other = other.replace("\t", "\\t").replace("\r", "\\r")
+
             if oldest is None or seconds < oldest:
                 oldest = seconds
             ts = seconds_text.get(seconds) or time_text(seconds)
             ts = f"{ts}.{micros:06d}+00" if micros else f"{ts}+00"
 
-            v = get("component")
+            v = event.component
             try:
                 component = texts[v]
             except (KeyError, TypeError):
                 component = text(v, "component", nulled)
-            v = get("action")
+            v = event.action
             try:
                 action = texts[v]
             except (KeyError, TypeError):
                 action = text(v, "action", nulled)
-            v = get("target")
+            v = event.target
             try:
                 target = texts[v]
             except (KeyError, TypeError):
                 target = text(v, "target", nulled)
 
-            crud = get("crud")
+            crud = event.crud
             if crud is None or crud == "":
                 crud = "\\N"
             elif not (type(crud) is str and len(crud) == 1 and crud not in "\x00\\\t\n\r"):
@@ -308,69 +355,53 @@ class Parser:
                 crud = "\\N"
 
             # Integers go into the row as they are (the f-string formats them); NULL as \N.
-            v = get("edulevel")
+            v = event.edulevel
             edulevel = (v if type(v) is int and lo16 <= v <= hi16
                         else "\\N" if v is None else _int_text(v, INT16, "edulevel", nulled))
-            v = get("anonymous")
+            v = event.anonymous
             anonymous = (v if type(v) is int and lo16 <= v <= hi16
                          else "\\N" if v is None else _int_text(v, INT16, "anonymous", nulled))
-            v = get("courseid")
+            v = event.courseid
             courseid = (v if type(v) is int and lo64 <= v <= hi64
                         else "\\N" if v is None else _int_text(v, INT64, "courseid", nulled))
-            v = get("contextid")
+            v = event.contextid
             contextid = (v if type(v) is int and lo64 <= v <= hi64
                          else "\\N" if v is None else _int_text(v, INT64, "contextid", nulled))
-            v = get("contextlevel")
+            v = event.contextlevel
             contextlevel = (v if type(v) is int and lo32 <= v <= hi32
                             else "\\N" if v is None else _int_text(v, INT32, "contextlevel", nulled))
-            v = get("contextinstanceid")
+            v = event.contextinstanceid
             instanceid = (v if type(v) is int and lo64 <= v <= hi64
                           else "\\N" if v is None else _int_text(v, INT64, "contextinstanceid", nulled))
-            v = get("userid")
+            v = event.userid
             userid = (v if type(v) is int and lo64 <= v <= hi64
                       else "\\N" if v is None else _int_text(v, INT64, "userid", nulled))
-            v = get("relateduserid")
+            v = event.relateduserid
             relateduserid = (v if type(v) is int and lo64 <= v <= hi64
                              else "\\N" if v is None else _int_text(v, INT64, "relateduserid", nulled))
-            v = get("realuserid")
+            v = event.realuserid
             realuserid = (v if type(v) is int and lo64 <= v <= hi64
                           else "\\N" if v is None else _int_text(v, INT64, "realuserid", nulled))
-            v = get("objectid")
+            v = event.objectid
             objectid = (v if type(v) is int and lo64 <= v <= hi64
                         else "\\N" if v is None else _int_text(v, INT64, "objectid", nulled))
 
-            v = get("objecttable")
+            v = event.objecttable
             try:
                 objecttable = texts[v]
             except (KeyError, TypeError):
                 objecttable = text(v, "objecttable", nulled)
-            ip = get("ip")
+            ip = event.ip
             if ip is None or ip == "":
                 ip = "\\N"
             elif not (type(ip) is str and (ip_known.get(ip) or ip_valid(ip))):
                 nulled["ip"] += 1
                 ip = "\\N"
-            v = get("origin")
+            v = event.origin
             try:
                 origin = texts[v]
             except (KeyError, TypeError):
                 origin = text(v, "origin", nulled)
-            other = get("other")
-            if other is None:
-                other = "\\N"
-            else:
-                try:
-                    dumped = dumps(other)
-                except orjson.JSONEncodeError:
-                    # Nested deeper than orjson writes (254 levels; it reads 1024): this used to
-                    # crash the daemon on that line at every start. The event ships without it.
-                    dumped = None
-                if dumped is None or (b"\\u0000" in dumped and _NUL_IN_JSON.search(dumped)):
-                    # jsonb cannot hold U+0000; the event ships without its "other".
-                    nulled["other"] += 1
-                    other = "\\N"
-                else:
-                    other = dumped.decode().replace("\\", "\\\\")
             rows.append(
                 f"{ts}\t{name_text}\t{component}\t{action}\t{target}\t{crud}\t{edulevel}\t{anonymous}\t"
                 f"{courseid}\t{contextid}\t{contextlevel}\t{instanceid}\t{userid}\t"
@@ -382,6 +413,36 @@ class Parser:
         return out
 
 
+def _read_again(line: bytes, raw: bytes, offset: int, out: Parsed) -> _Event | None:
+    """Read a line msgspec rejected with orjson: a blank line, a dead letter, or (rarely) an event.
+
+    orjson's reasons are the dead letters' reasons. It also reads what msgspec cannot but is still an
+    event: nesting between msgspec's depth limit (about 1,000) and orjson's (1,024), in a key the table
+    does not store or in ``other``, which then ships without ``other`` if orjson cannot write it back.
+    """
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        if not line or line.isspace():  # only here: such a line is never JSON
+            out.blank += 1
+        else:
+            out.dead.append(_invalid(offset, raw, str(exc)))
+        return None
+    if type(obj) is not dict:
+        out.dead.append(DeadLetter(offset, NOT_AN_OBJECT,
+                                   f"a JSON {type(obj).__name__} where an object is needed",
+                                   raw, len(raw)))
+        return None
+    event = _Event(**{key: value for key, value in obj.items() if key in _EVENT_KEYS})
+    other = obj.get("other")
+    if other is not None:
+        try:
+            event.other = msgspec.Raw(orjson.dumps(other))
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels)
+            out.nulled["other"] += 1
+    return event
+
+
 def _int_text(value: Any, bounds: tuple[int, int], column: str, nulled: Counter[str]) -> int | str:
     """The general path for an integer column: the number, or "\\N" (counted when not storable)."""
     number = _to_int(value, bounds)
@@ -391,10 +452,11 @@ def _int_text(value: Any, bounds: tuple[int, int], column: str, nulled: Counter[
     return "\\N" if number is None else number  # type: ignore[no-any-return]
 
 
-def _invalid(offset: int, raw: bytes, exc: orjson.JSONDecodeError) -> DeadLetter:
+def _invalid(offset: int, raw: bytes, why: str) -> DeadLetter:
+    """invalid_utf8 when the line is not UTF-8 (said first: it explains any JSON error), else invalid_json."""
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
         return DeadLetter(offset, INVALID_UTF8, f"not UTF-8: {err.reason} at byte {err.start}",
                           raw, len(raw))
-    return DeadLetter(offset, INVALID_JSON, f"not JSON: {exc}"[:300], raw, len(raw))
+    return DeadLetter(offset, INVALID_JSON, f"not JSON: {why}"[:300], raw, len(raw))

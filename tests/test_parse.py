@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -83,6 +84,46 @@ def test_other_with_a_nul_character_is_nulled_because_jsonb_cannot_hold_it() -> 
     # an escaped backslash followed by u0000 is text, not a NUL: kept
     out = one({**EVENT, "other": {"t": "\\u0000"}})
     assert out.nulled == {} and len(out.rows) == 1
+
+
+def _line_with_other(other: bytes) -> bytes:
+    return orjson.dumps(EVENT)[:-1] + b',"other":' + other + b"}"
+
+
+def _other_as_stored(row: bytes) -> Any:
+    """``other`` as PostgreSQL reads it from a COPY text row: unescaped, then JSON."""
+    text = row.decode().rstrip("\n").split("\t")[-1]
+    unescaped = re.sub(r"\\(.)", lambda m: {"t": "\t", "r": "\r", "n": "\n"}.get(m[1], m[1]), text)
+    return orjson.loads(unescaped)
+
+
+def test_other_is_shipped_as_written_whatever_its_spacing() -> None:
+    """other goes to jsonb as its JSON text: tabs and CRs between tokens must not break the row."""
+    out = Parser().parse([_line_with_other(b'{ "a" :\t[1, \r"x\\ty"] ,"b":{}}')], [0])
+    assert not out.dead and out.rows[0].count(b"\t") == len(COLUMNS) - 1
+    assert _other_as_stored(out.rows[0]) == {"a": [1, "x\ty"], "b": {}}
+
+
+def test_other_keeps_integers_beyond_64_bits_and_deep_nesting_exactly() -> None:
+    big = b'{"n":123456789012345678901234567890,"f":1e400}'
+    row = Parser().parse([_line_with_other(big)], [0]).rows[0]
+    assert row.decode().rstrip("\n").split("\t")[-1] == big.decode()
+    deep = b'{"k":[' * 300 + b"1" + b"]}" * 300
+    out = Parser().parse([_line_with_other(deep)], [0])
+    assert out.nulled == {} and _other_as_stored(out.rows[0]) == orjson.loads(deep)
+    # deeper than the fast decoder goes but not orjson: read again, other too deep to write back
+    deeper = b'{"k":[' * 505 + b"1" + b"]}" * 505
+    out = Parser().parse([_line_with_other(deeper)], [0])
+    assert len(out.rows) == 1 and out.nulled == {"other": 1}
+
+
+def test_invalid_utf8_in_other_is_a_dead_letter_and_in_an_unstored_key_is_ignored() -> None:
+    raw = _line_with_other(b'{"a":"\xff"}')
+    out = Parser().parse([raw], [7])
+    assert [(d.reason, d.offset, d.raw) for d in out.dead] == [(parse.INVALID_UTF8, 7, raw)]
+    assert out.dead[0].detail.startswith("not UTF-8")
+    out = Parser().parse([orjson.dumps(EVENT)[:-1] + b',"extra":"\xff"}'], [0])
+    assert len(out.rows) == 1 and not out.dead
 
 
 def test_copy_special_characters_are_escaped() -> None:

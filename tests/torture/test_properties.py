@@ -87,8 +87,13 @@ def _encode(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
 
 
+def _encode_spaced(obj: Any) -> bytes:
+    """JSON with tabs, CRs and spaces between tokens: ``other`` ships as its own text."""
+    return json.dumps(obj, ensure_ascii=False, separators=(" ,\t", " :\r ")).encode("utf-8", "surrogatepass")
+
+
 raw_lines = st.binary(max_size=200).map(lambda b: b.replace(b"\n", b""))
-lines = st.one_of(raw_lines, events.map(_encode), nested,
+lines = st.one_of(raw_lines, events.map(_encode), events.map(_encode_spaced), nested,
                   json_values.map(_encode), events.map(lambda e: b"\xef\xbb\xbf" + _encode(e)),
                   events.map(lambda e: _encode(e) + b"\r"))
 
@@ -137,7 +142,7 @@ def copy_conn(initdb: str) -> Any:
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.one_of(events.map(_encode), nested), min_size=1, max_size=8))
+@given(st.lists(st.one_of(events.map(_encode), events.map(_encode_spaced), nested), min_size=1, max_size=8))
 def test_postgresql_accepts_every_row_the_parser_makes(copy_conn: psycopg.Connection,
                                                        batch: list[bytes]) -> None:
     rows = _check_parse(batch)
