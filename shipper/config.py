@@ -223,7 +223,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class BufferConfig:
-    batch_size: int = _setting(10000, _parse_positive_int, "events per transaction")
+    batch_size: int = _setting(50000, _parse_positive_int, "events per transaction")
     flush_interval: float = _setting(1.0, _parse_seconds, "max seconds an event waits in the buffer")
     max_events: int = _setting(50000, _parse_positive_int, "hard cap on buffered events")
     max_bytes: int = _setting(64 * 1024 * 1024, _parse_size, "hard cap on buffered bytes")

@@ -52,8 +52,8 @@ disable_created_metrics()
 # SQLSTATE class is counted as "other", so the label set stays closed.
 FAILURE_CLASSES = ("connection", "schema", "08", "22", "23", "25", "28", "3D", "40", "42", "53", "55",
                    "57", "58", "XX", "other")
-# Flush duration: a 10k-row batch commits in tens of milliseconds when the rows were streamed while
-# being read; tens of seconds means a stalled server (statement_timeout cancels it at 300 s).
+# Flush duration: a batch commits in tens of milliseconds when the rows were streamed while being
+# read; seconds mean a stalled server (database.statement_timeout cancels it, 20 s by default).
 FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # Batch size: from a trickle (1 event per flush_interval) up to buffer.max_events (default 50k).
 BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000)
