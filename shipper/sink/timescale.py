@@ -73,6 +73,7 @@ class ReplyGuard:
         self._fd: int | None = None
         self._deadline = 0.0
         self._thread: threading.Thread | None = None
+        self._parked = False  # the watcher waits for a call to guard, with no deadline
 
     @contextlib.contextmanager
     def armed(self, conn: psycopg.Connection) -> Iterator[None]:
@@ -83,7 +84,11 @@ class ReplyGuard:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="reply-guard", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # Only a parked watcher needs waking. One waiting for an earlier deadline wakes by itself
+            # and sees the later one (deadlines only move later: the timeout is fixed). Waking it on
+            # every call cost the parsing thread a GIL hand-over per COPY write.
+            if self._parked:
+                self._cond.notify()
         try:
             yield
         finally:
@@ -99,7 +104,9 @@ class ReplyGuard:
         with self._cond:
             while True:
                 if self._fd is None:
+                    self._parked = True
                     self._cond.wait()
+                    self._parked = False
                     continue
                 left = self._deadline - time.monotonic()
                 if left > 0:
