@@ -183,7 +183,8 @@ class Daemon:
             now = time.monotonic()
             woke = self.wake.is_set()
             self.wake.clear()
-            if self.watcher.changed.is_set() or now >= next_rescan:
+            if (self.watcher.changed.is_set() or now >= next_rescan
+                    or (not self.batch and not tailer.has_unread() and tailer.room_for_waiting())):
                 self.watcher.changed.clear()
                 tailer.rescan()
                 self._housekeep(tailer)
@@ -202,7 +203,13 @@ class Daemon:
             if tailer.has_unread() and not self._full():
                 continue
             if self.exit_when_caught_up and not self.batch and not tailer.has_unread():
-                log.info("caught up: every complete line is shipped")
+                if tailer.room_for_waiting():
+                    continue
+                if tailer.waiting:
+                    log.warning("%d spool files were not opened: every open file holds an incomplete "
+                                "last line (raise spool.max_open_files)", tailer.waiting)
+                else:
+                    log.info("caught up: every complete line is shipped")
                 return
             deadline = min(next_poll, next_rescan)
             if self.batch:
@@ -233,7 +240,8 @@ class Daemon:
             return True
         if time.monotonic() - self.batch.started >= self.config.buffer.flush_interval:
             return True
-        return self.exit_when_caught_up and not tailer.has_unread()
+        # Files waiting for a descriptor get one once these are committed: no point waiting.
+        return (self.exit_when_caught_up or tailer.waiting > 0) and not tailer.has_unread()
 
     # -- tail -> parse -> batch (-> COPY) -------------------------------------------------------
 

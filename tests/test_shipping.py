@@ -62,6 +62,24 @@ def test_a_backlog_of_files_is_sent_oldest_file_first_in_time_order(shipper: Shi
     assert in_table_order == list(range(900))
 
 
+def test_more_files_than_max_open_files_drain_without_waiting_for_rescans(shipper: Shipper) -> None:
+    """Files beyond spool.max_open_files get a descriptor as soon as shipped ones can be closed."""
+    shipper.write_config(**{"spool.max_open_files": 2, "spool.rescan_interval": 60.0,
+                            "spool.delete_shipped": False})
+    for n in range(12):
+        append_events(shipper.spool / f"moodle-events-2026120400-web{n:02d}.jsonl", n * 5, 5)
+    started = time.monotonic()
+    shipper.catch_up(timeout=30)
+    assert seqs(shipper.dsn) == list(range(60))
+    for n in range(12, 24):
+        append_events(shipper.spool / f"moodle-events-2026120401-web{n:02d}.jsonl", n * 5, 5)
+    shipper.start()
+    wait_for(lambda: count_rows(shipper.dsn) == 120, timeout=20, what="120 events from 24 files")
+    assert shipper.stop() == 0
+    assert seqs(shipper.dsn) == list(range(120))
+    assert time.monotonic() - started < 60  # no file waited for a rescan_interval
+
+
 def test_restart_resumes_without_duplicates(shipper: Shipper) -> None:
     path = shipper.spool / "a.jsonl"
     append_events(path, 0, 400)

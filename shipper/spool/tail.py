@@ -109,6 +109,8 @@ class Tailer:
         self.files: dict[tuple[int, int], TrackedFile] = {}
         self.owners: dict[str, TrackedFile] = {}
         self.dormant: dict[tuple[int, int], Dormant] = {}
+        # Files the last rescan found but could not open (spool.max_open_files reached).
+        self.waiting = 0
 
     def check_directory(self) -> None:
         """Raise SpoolError with the reason when the spool directory cannot be listed."""
@@ -168,12 +170,15 @@ class Tailer:
             if ident not in seen:
                 del self.dormant[ident]
         # Oldest first: with more files than descriptors allowed, the backlog drains in time order.
-        for _, path, st in sorted(candidates, key=lambda c: c[0]):
+        candidates.sort(key=lambda c: c[0])
+        self.waiting = 0
+        for n, (_, path, st) in enumerate(candidates):
             if len(self.files) >= self.max_open_files:
                 self._close_idle(keep=len(self.files) - self.max_open_files + 1)
                 if len(self.files) >= self.max_open_files:
-                    log.warning("%d spool files open (spool.max_open_files): the rest wait",
-                                len(self.files))
+                    self.waiting = len(candidates) - n
+                    log.warning("%d spool files open (spool.max_open_files): %d more wait",
+                                len(self.files), self.waiting)
                     break
             self._open(path, st)
         for tracked in list(self.files.values()):
@@ -287,6 +292,14 @@ class Tailer:
 
     def has_unread(self) -> bool:
         return any(f.key is not None and f.read_pos < f.size for f in self.files.values())
+
+    def room_for_waiting(self) -> bool:
+        """Files wait for a descriptor and a rescan could now close a shipped file to make room.
+
+        Then the daemon rescans at once instead of at the next rescan_interval: a backlog of more
+        files than spool.max_open_files used to drain only that many files per interval.
+        """
+        return self.waiting > 0 and any(self._shipped(f) for f in self.files.values())
 
     def mark_committed(self, offsets: dict[str, int]) -> None:
         """Record offsets the database now holds; close files that are done and gone."""

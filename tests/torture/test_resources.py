@@ -162,8 +162,8 @@ def test_descriptor_limit_far_below_the_number_of_files(shipper: Shipper, level:
     size = SIZES[level]
     ledger = Ledger()
     writer = SpoolWriter(ledger)
-    # With more files than descriptors allowed, files are taken max_open_files at a time, one batch of
-    # them per rescan: the rescan interval sets the pace (the long run's figures show it).
+    # With more files than descriptors allowed, files are taken max_open_files at a time: shipped ones
+    # are closed and the next ones opened at once, not at the next rescan.
     shipper.write_config(**{"spool.max_open_files": 32, "spool.delete_shipped": False,
                             "spool.rescan_interval": 0.2 if level == "short" else 0.5})
     for n in range(size["files"]):
