@@ -13,7 +13,7 @@ from .server import Server
 
 # Stage of a main-thread sample: the first of these marks found from the leaf up names it.
 STAGES = (
-    ("parse: orjson, fields, COPY text (parse.py)", ("(shipper/parse.py)",)),
+    ("parse: msgspec decode, fields, COPY text (parse.py)", ("(shipper/parse.py)",)),
     ("split lines (lines.py)", ("(shipper/spool/lines.py)",)),
     ("read files: pread, fstat (tail.py)", ("(shipper/spool/tail.py)",)),
     ("send rows into the open COPY (Sink.stream, psycopg, socket)", ("Sink.stream ",)),
