@@ -73,13 +73,12 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class FileStatus:
-    """What ``status`` and the lag metrics show of a file."""
+    """An open file as the state file mirrors it: its content key, size and committed offset."""
 
     path: str
     key: str | None
     size: int
     committed: int
-    open: bool
 
 
 class Tailer:
@@ -411,8 +410,7 @@ class Tailer:
             self._close(tracked)
 
     def statuses(self) -> list[FileStatus]:
-        return [FileStatus(t.path, t.key, t.size,
-                           self.committed.get(t.key, 0) if t.key else 0, True)
+        return [FileStatus(t.path, t.key, t.size, self.committed.get(t.key, 0) if t.key else 0)
                 for t in self.files.values()]
 
     def lag_bytes(self) -> int:
