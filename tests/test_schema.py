@@ -7,6 +7,7 @@ extension itself is in test_timescaledb.py.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -350,18 +351,25 @@ def test_print_sql_includes_the_timescaledb_part_unless_off(capsys: pytest.Captu
     assert out.rstrip().endswith("COMMIT;")
 
 
-@pytest.fixture
-def runner_role(db: str) -> Iterator[str]:
-    """A login role with nothing but what init-db --grant-to gives it; its DSN."""
+@contextlib.contextmanager
+def login_role(dsn: str) -> Iterator[str]:
+    """A new login role with no privileges (dropped afterwards, with what it was granted); its name."""
     role = f"shipper_{uuid.uuid4().hex[:8]}"
-    with connect(db) as conn:
+    with connect(dsn) as conn:
         conn.execute(f'CREATE ROLE "{role}" LOGIN')
     try:
         yield role
     finally:
-        with connect(db) as conn:
+        with connect(dsn) as conn:
             conn.execute(f'DROP OWNED BY "{role}"')
             conn.execute(f'DROP ROLE "{role}"')
+
+
+@pytest.fixture
+def runner_role(db: str) -> Iterator[str]:
+    """A login role with nothing but what init-db --grant-to gives it."""
+    with login_role(db) as role:
+        yield role
 
 
 def test_the_shipper_runs_with_only_the_granted_privileges(db: str, runner_role: str, tmp_path: Path) -> None:

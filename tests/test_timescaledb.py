@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 import pytest
-from test_schema import build_version_1, connect, copy_events, init_db_twice_at_once
+from test_schema import build_version_1, connect, copy_events, init_db_twice_at_once, login_role
 
 from conftest import Server, Shipper, append, count_rows, event, line, query, seqs, wait_for
 from shipper.config import TimescaleConfig
@@ -296,15 +295,8 @@ def test_compression_and_retention_jobs_do_their_work(tdb: str) -> None:
 
 @pytest.fixture
 def role(tinit: str) -> Iterator[str]:
-    name = f"shipper_{uuid.uuid4().hex[:8]}"
-    with connect(tinit) as conn:
-        conn.execute(f'CREATE ROLE "{name}" LOGIN')
-    try:
+    with login_role(tinit) as name:
         yield name
-    finally:
-        with connect(tinit) as conn:
-            conn.execute(f'DROP OWNED BY "{name}"')
-            conn.execute(f'DROP ROLE "{name}"')
 
 
 def test_the_least_privileged_role_ships_into_new_and_compressed_chunks(tinit: str, role: str,
