@@ -136,7 +136,7 @@ def test_crash_loop(shipper: Shipper, level: str, figures: dict[str, Any]) -> No
     ledger = Ledger()
     crash_writer = CrashWriter(shipper.spool, ledger, size["events"], size["rate"])
     configs = [{"buffer.batch_size": b, "buffer.flush_interval": f}
-               for b in (50, 700, 5000) for f in (0.05, 0.3, 1.0)]
+               for b in (50, 700, 5000, 50000) for f in (0.05, 0.3, 1.0)]
     shipper.write_config(**{"spool.delete_grace": 1.0, "spool.rescan_interval": 0.3, **configs[0]})
     probe = Probe(shipper.dsn)
     watch = CommitWatch(shipper.dsn)
