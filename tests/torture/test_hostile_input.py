@@ -117,6 +117,9 @@ class Cases:
         self.add("other with a number too big for a double",
                  dumps(ev)[:-1] + b',"other":{"seq":' + str(s).encode() + b',"n":1e400}}', "row", s,
                  ev["eventname"], time_us(ev))
+        # ... but not beyond numeric's range: the database refuses that row alone, a dead letter
+        self.add("other with a number beyond numeric",
+                 b'{"eventname":"x","timecreated":1764000000,"other":[1e200000]}', "rejected_by_database")
         # Longer than Moodle's own eventname column (255): a dead letter, never a row the index refuses.
         self.event("1 MiB eventname", "invalid_eventname", eventname="e" * (MAX_LINE - 2000))
         self.event("3 KB eventname", "invalid_eventname",
