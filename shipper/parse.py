@@ -275,8 +275,12 @@ class Parser:
             if offset == 0 and line.startswith(BOM):
                 line = line[3:]
             try:
+                if not line.isascii():
+                    # msgspec checks the UTF-8 of the values it decodes, not of what it skips (keys the
+                    # table does not store, other): a line that is not UTF-8 is a dead letter, whole.
+                    line.decode()
                 event = decode(line)
-            except (msgspec.DecodeError, RecursionError):
+            except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
                 event = _read_again(line, raw, offset, out)
                 if event is None:
                     continue
@@ -310,11 +314,7 @@ class Parser:
             if other is null_json:
                 other = "\\N"
             else:
-                try:
-                    other = str(other, "utf-8")
-                except UnicodeDecodeError:  # msgspec does not check the UTF-8 of what it skips
-                    out.dead.append(_invalid(offset, raw, "other is not UTF-8"))
-                    continue
+                other = str(other, "utf-8")
                 if other == "null":
                     other = "\\N"
                 elif "\\u0000" in other and nul_in_json.search(other):

@@ -117,13 +117,15 @@ def test_other_keeps_integers_beyond_64_bits_and_deep_nesting_exactly() -> None:
     assert len(out.rows) == 1 and out.nulled == {"other": 1}
 
 
-def test_invalid_utf8_in_other_is_a_dead_letter_and_in_an_unstored_key_is_ignored() -> None:
-    raw = _line_with_other(b'{"a":"\xff"}')
-    out = Parser().parse([raw], [7])
-    assert [(d.reason, d.offset, d.raw) for d in out.dead] == [(parse.INVALID_UTF8, 7, raw)]
-    assert out.dead[0].detail.startswith("not UTF-8")
-    out = Parser().parse([orjson.dumps(EVENT)[:-1] + b',"extra":"\xff"}'], [0])
-    assert len(out.rows) == 1 and not out.dead
+def test_invalid_utf8_anywhere_in_the_line_makes_it_a_dead_letter() -> None:
+    """Also where the fast decoder does not look: in other, in a key the table does not store."""
+    for raw in (_line_with_other(b'{"a":"\xff"}'), orjson.dumps(EVENT)[:-1] + b',"extra":"\xff"}',
+                orjson.dumps(EVENT)[:-1] + b',"comp\xffnent":"x"}', orjson.dumps(EVENT)[:-1] + b'\xc3}'):
+        out = Parser().parse([raw], [7])
+        assert [(d.reason, d.offset, d.raw) for d in out.dead] == [(parse.INVALID_UTF8, 7, raw)], raw
+        assert out.dead[0].detail.startswith("not UTF-8")
+    utf8 = orjson.dumps({**EVENT, "target": "é", "other": {"a": "日本"}})
+    assert len(Parser().parse([utf8], [0]).rows) == 1
 
 
 def test_copy_special_characters_are_escaped() -> None:
