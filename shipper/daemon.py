@@ -184,7 +184,7 @@ class Daemon:
             woke = self.wake.is_set()
             self.wake.clear()
             if (self.watcher.changed.is_set() or now >= next_rescan
-                    or (not self.batch and not tailer.has_unread() and tailer.room_for_waiting())):
+                    or (tailer.room_for_waiting() and not self.batch and not tailer.has_unread())):
                 self.watcher.changed.clear()
                 tailer.rescan()
                 self._housekeep(tailer)

@@ -170,14 +170,15 @@ class Tailer:
                 del self.dormant[ident]
         # Oldest first: with more files than descriptors allowed, the backlog drains in time order.
         candidates.sort(key=lambda c: c[0])
-        self.waiting = 0
+        was_waiting, self.waiting = self.waiting, 0
         for n, (_, path, st) in enumerate(candidates):
             if len(self.files) >= self.max_open_files:
                 self._close_idle(keep=len(self.files) - self.max_open_files + 1)
                 if len(self.files) >= self.max_open_files:
                     self.waiting = len(candidates) - n
-                    log.warning("%d spool files open (spool.max_open_files): %d more wait",
-                                len(self.files), self.waiting)
+                    if not was_waiting:  # once per backlog: the rescans while it drains are many
+                        log.warning("%d spool files open (spool.max_open_files): %d more wait",
+                                    len(self.files), self.waiting)
                     break
             self._open(path, st)
         for tracked in list(self.files.values()):
