@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 import psycopg
+import psycopg.conninfo
 
 from conftest import event, line
 from shipper.parse import DEAD_LETTER_REASONS
@@ -603,6 +604,14 @@ class Proxy:
             pairs = list(self.pairs)
         for pair in pairs:
             self._close(pair, reset=False)
+
+
+def proxied(dsn: str) -> tuple[Proxy, str]:
+    """A Proxy in front of the server ``dsn`` names, and the DSN that goes through it."""
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    proxy = Proxy(int(params.get("port") or 5432))
+    params.update(host="127.0.0.1", port=proxy.port)
+    return proxy, psycopg.conninfo.make_conninfo(**params)
 
 
 def _reset(sock: socket.socket) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import Server, Shipper, count_rows, wait_for
 
-from .harness import Background, Ledger, Probe, Proxy, SpoolWriter, check, wait_commit_after
+from .harness import Background, Ledger, Probe, SpoolWriter, check, proxied, wait_commit_after
 
 SIZES: dict[str, dict[str, Any]] = {
     "short": {"stops": 1, "pause": (0.5, 1.0), "terminations": 2, "drops": 1, "stalls": 1,
@@ -123,11 +123,8 @@ def test_proxy_resets_blackholes_and_delays(
         shipper: Shipper, pg_server: Server, level: str, figures: dict[str, Any]) -> None:
     size = SIZES[level]
     rng = random.Random(3)
-    port = int(psycopg.conninfo.conninfo_to_dict(shipper.dsn).get("port") or 5432)
-    proxy = Proxy(port)
-    params = psycopg.conninfo.conninfo_to_dict(shipper.dsn)
-    params.update(host="127.0.0.1", port=proxy.port)
-    shipper.write_config(**{"database.dsn": psycopg.conninfo.make_conninfo(**params),
+    proxy, through_proxy = proxied(shipper.dsn)
+    shipper.write_config(**{"database.dsn": through_proxy,
                             "buffer.batch_size": 5000, "buffer.flush_interval": 0.5,
                             "database.statement_timeout": STATEMENT_TIMEOUT,
                             "database.connect_timeout": 2.0})
@@ -191,11 +188,8 @@ def test_blackholed_shipper_killed_and_restarted(shipper: Shipper, level: str,
     the server behind the dead path, holding the source's lock: the new process must end it."""
     cycles = 1 if level == "short" else 10
     rng = random.Random(4)
-    port = int(psycopg.conninfo.conninfo_to_dict(shipper.dsn).get("port") or 5432)
-    proxy = Proxy(port)
-    params = psycopg.conninfo.conninfo_to_dict(shipper.dsn)
-    params.update(host="127.0.0.1", port=proxy.port)
-    shipper.write_config(**{"database.dsn": psycopg.conninfo.make_conninfo(**params),
+    proxy, through_proxy = proxied(shipper.dsn)
+    shipper.write_config(**{"database.dsn": through_proxy,
                             "buffer.batch_size": 5000, "buffer.flush_interval": 0.5,
                             "database.statement_timeout": 30.0, "database.connect_timeout": 2.0})
     writer = SteadyWriter(shipper)

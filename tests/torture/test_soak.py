@@ -16,7 +16,6 @@ import statistics
 import time
 from typing import Any
 
-import psycopg
 import pytest
 
 from conftest import Server, Shipper, count_rows, event, line, wait_for
@@ -30,6 +29,7 @@ from .harness import (
     SpoolWriter,
     check,
     open_fds,
+    proxied,
     rss_kib,
     wait_commit_after,
 )
@@ -45,11 +45,8 @@ FAULTS = ("terminate", "reset", "blackhole", "server")
 def test_soak(shipper: Shipper, pg_server: Server, level: str, figures: dict[str, Any]) -> None:
     size = SIZES[level]
     rng = random.Random(6)
-    port = int(psycopg.conninfo.conninfo_to_dict(shipper.dsn).get("port") or 5432)
-    proxy = Proxy(port)
-    params = psycopg.conninfo.conninfo_to_dict(shipper.dsn)
-    params.update(host="127.0.0.1", port=proxy.port)
-    shipper.write_config(**{"database.dsn": psycopg.conninfo.make_conninfo(**params),
+    proxy, through_proxy = proxied(shipper.dsn)
+    shipper.write_config(**{"database.dsn": through_proxy,
                             "database.statement_timeout": 1.0, "database.connect_timeout": 2.0,
                             "spool.delete_grace": 2.0, "buffer.batch_size": 2000,
                             "buffer.flush_interval": 0.5})
