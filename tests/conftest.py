@@ -4,6 +4,7 @@ a shipper run as a real subprocess against real files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -117,6 +118,20 @@ def append_events(path: Path, start: int, count: int, **fields: Any) -> None:
 
 def seqs(dsn: str) -> list[int]:
     return [r[0] for r in query(dsn, "SELECT (other->>'seq')::int FROM moodle_events ORDER BY 1")]
+
+
+@contextlib.contextmanager
+def login_role(dsn: str) -> Iterator[str]:
+    """A new login role with no privileges (dropped afterwards, with what it was granted); its name."""
+    role = f"shipper_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        yield role
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
 
 
 @dataclass

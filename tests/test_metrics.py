@@ -23,7 +23,18 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Server, Shipper, append, append_events, count_rows, event, line, query, wait_for
+from conftest import (
+    Server,
+    Shipper,
+    append,
+    append_events,
+    count_rows,
+    event,
+    line,
+    login_role,
+    query,
+    wait_for,
+)
 from shipper import __version__
 from shipper.pgtemp import free_port
 from shipper.sink import schema
@@ -206,18 +217,11 @@ def test_a_missing_schema_is_counted_and_readyz_says_what_to_do(tmp_path: Path, 
 @pytest.fixture
 def role(pg_server: Server, initdb: str) -> Iterator[str]:
     """A role that may read and write the shipper's tables but not insert into moodle_events."""
-    name = f"shipper_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(initdb, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {name} LOGIN")
-        conn.execute(f"GRANT SELECT ON moodle_events, shipper_schema_version TO {name}")
-        conn.execute(f"GRANT SELECT, INSERT, UPDATE ON shipper_checkpoints, shipper_dead_letter TO {name}")
-        conn.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {name}")
-    try:
+    with login_role(initdb) as name:
+        execute(initdb, f"GRANT SELECT ON moodle_events, shipper_schema_version TO {name}")
+        execute(initdb, f"GRANT SELECT, INSERT, UPDATE ON shipper_checkpoints, shipper_dead_letter TO {name}")
+        execute(initdb, f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {name}")
         yield name
-    finally:
-        with psycopg.connect(initdb, autocommit=True) as conn:
-            conn.execute(f"DROP OWNED BY {name}")
-            conn.execute(f"DROP ROLE {name}")
 
 
 def test_a_missing_privilege_is_counted_by_sqlstate_class(tmp_path: Path, initdb: str, role: str) -> None:

@@ -7,7 +7,6 @@ extension itself is in test_timescaledb.py.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import uuid
@@ -18,7 +17,7 @@ import psycopg
 import psycopg.conninfo
 import pytest
 
-from conftest import Server, Shipper, append, append_events, count_rows, event, line, query
+from conftest import Server, Shipper, append, append_events, count_rows, event, line, login_role, query
 from shipper.cli import main
 from shipper.config import TimescaleConfig
 from shipper.errors import SchemaError
@@ -349,20 +348,6 @@ def test_print_sql_includes_the_timescaledb_part_unless_off(capsys: pytest.Captu
     assert "add_retention_policy('moodle_events', INTERVAL '90 days'" in out
     assert 'GRANT SELECT ON events_by_hour, events_by_day_course TO "moodle_shipper";' in out
     assert out.rstrip().endswith("COMMIT;")
-
-
-@contextlib.contextmanager
-def login_role(dsn: str) -> Iterator[str]:
-    """A new login role with no privileges (dropped afterwards, with what it was granted); its name."""
-    role = f"shipper_{uuid.uuid4().hex[:8]}"
-    with connect(dsn) as conn:
-        conn.execute(f'CREATE ROLE "{role}" LOGIN')
-    try:
-        yield role
-    finally:
-        with connect(dsn) as conn:
-            conn.execute(f'DROP OWNED BY "{role}"')
-            conn.execute(f'DROP ROLE "{role}"')
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 import pytest
-from test_schema import build_version_1, connect, copy_events, init_db_twice_at_once, login_role
+from test_schema import build_version_1, connect, copy_events, init_db_twice_at_once
 
-from conftest import Server, Shipper, append, count_rows, event, line, query, seqs, wait_for
+from conftest import Server, Shipper, append, count_rows, event, line, login_role, query, seqs, wait_for
 from shipper.config import TimescaleConfig
 from shipper.sink import schema, tsdb
 from shipper.stats import collect
